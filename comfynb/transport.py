@@ -1,0 +1,458 @@
+"""Typed async HTTP calls to one ComfyUI server.
+
+Every call has a timeout; idempotent calls are retried with exponential backoff and jitter;
+failures map to one exception hierarchy (:mod:`comfynb.errors`). Credentials live only in the
+aiohttp session's default headers: they are scrubbed from every message we build and aiohttp
+exceptions (whose request info holds the headers) are never chained. Runs on the private loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json as _json
+import logging
+import mimetypes
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yarl
+
+from .errors import (
+    HTTPStatusError,
+    NodeError,
+    ProtocolError,
+    ServerUnavailable,
+    Timeout,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+_HINT = "is ComfyUI running? start one with `comfynb sim`"
+_NOT_COMFY = "answers but is not ComfyUI"
+_TLS_HINT = "pass verify_ssl=False only if you trust this server"
+_AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
+_BODY_LIMIT = 2000
+_MAX_DELAY = 5.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``read`` bounds each socket read; ``total`` one whole HTTP call (per attempt)."""
+
+    connect: float = 10.0
+    read: float = 30.0
+    total: float | None = 60.0
+    ws_heartbeat: float = 10.0  # ping interval; no pong within half of it closes the socket
+
+
+class NotSupported(HTTPStatusError):
+    """The server lacks an optional API (``/api/jobs`` only exists since Dec 2025, PR #11054)."""
+
+
+def validation_error(body: dict) -> ValidationError:
+    """A ValidationError from a ``/prompt`` body: a 400, or a 200 whose ``node_errors`` dropped outputs."""
+    error = body.get("error")
+    if isinstance(error, str):
+        error = {"message": error}
+    if not isinstance(error, dict):
+        error = {}
+    node_errors = []
+    raw_nodes = body.get("node_errors")
+    for node_id, entry in (raw_nodes if isinstance(raw_nodes, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
+        class_type = str(entry.get("class_type") or "?")
+        for err in entry.get("errors") or []:
+            if not isinstance(err, dict):
+                continue
+            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            node_errors.append(
+                NodeError(
+                    node_id=str(node_id),
+                    class_type=class_type,
+                    type=str(err.get("type") or ""),
+                    message=str(err.get("message") or ""),
+                    details=str(err.get("details") or ""),
+                    input_name=extra.get("input_name"),
+                    received=extra.get("received_value"),
+                )
+            )
+    if error:
+        message = f"the server rejected the prompt: {error.get('message') or 'invalid prompt'}"
+        if error.get("details") and not node_errors:
+            message += f" ({error['details']})"
+    else:
+        message = "some outputs of the prompt failed validation and will not run"
+    return ValidationError(message, type=str(error.get("type") or ""), node_errors=node_errors, raw=body)
+
+
+_INVALID = object()
+_INHERITED: list[aiohttp.ClientSession] = []  # kept alive, never touched, in a forked child
+
+
+def _loads(body: bytes) -> Any:
+    """JSON or _INVALID; no exception, so nothing holding the body gets chained to our errors."""
+    try:
+        return _json.loads(body)
+    except ValueError:
+        return _INVALID
+
+
+def _split_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Base URL without userinfo/query/fragment, and the userinfo as (login, password)."""
+    if "://" not in url:
+        url = "http://" + url
+    u = yarl.URL(url)
+    scheme = {"ws": "http", "wss": "https"}.get(u.scheme.lower(), u.scheme.lower())
+    if scheme not in ("http", "https") or not u.host:
+        # never echo the URL: it may carry a password
+        raise ValueError(f"a ComfyUI URL must look like http(s)://host:port, got scheme {u.scheme!r}")
+    auth = (u.user or "", u.password or "") if (u.user or u.password) else None
+    base = u.with_user(None).with_query(None).with_fragment(None).with_scheme(scheme)
+    return str(base).rstrip("/"), auth
+
+
+class Transport:
+    """HTTP and WebSocket access to one server; ``url`` is the base URL without credentials."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict | None = None,
+        auth: tuple[str, str] | None = None,
+        token: str | None = None,
+        timeout: float | Timeouts = Timeouts(),
+        retries: int = 3,
+        backoff: float = 0.2,
+        verify_ssl: bool = True,
+    ):
+        base, url_auth = _split_url(url)
+        auth = auth or url_auth
+        headers = {str(k): str(v) for k, v in (headers or {}).items()}
+        given = [auth is not None, token is not None, any(k.lower() == "authorization" for k in headers)]
+        if sum(given) > 1:
+            raise ValueError(
+                "give only one of auth (or user:password in the URL), token, or an Authorization header"
+            )
+        secrets = list(headers.values())
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+            secrets.append(token)
+        if auth is not None:
+            encoded = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {encoded}"
+            secrets += [auth[1], encoded]
+        self.url = base
+        self._ws_url = "ws" + base[len("http"):] + "/ws"  # http -> ws, https -> wss
+        self._headers = headers
+        # longest first, so a secret containing another is replaced whole
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        if not isinstance(timeout, Timeouts):
+            timeout = Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout)
+        self.timeouts = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self._ssl = bool(verify_ssl)
+        self.jobs_api: bool | None = None  # learnt from the first get_job()
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._session_pid: int | None = None
+
+    def __repr__(self) -> str:
+        hidden = " (credentials hidden)" if self._headers else ""
+        return f"<Transport {self.url}{hidden}>"
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and self._session_pid == os.getpid():
+            await session.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._session_pid != os.getpid():
+            # forked: the parent's session is not ours to use, nor to let the GC close: closing its
+            # sockets would unregister them from the epoll set the child shares with the parent
+            _INHERITED.append(self._session)
+            self._session = None
+        if self._session is None or self._session.closed:
+            t = self.timeouts
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read),
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+            )
+            self._session_loop, self._session_pid = loop, os.getpid()
+        elif self._session_loop is not loop:
+            raise RuntimeError("a Transport is bound to the event loop it first ran on (comfynb's private loop)")
+        return self._session
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc)
+        return self._scrub(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+    def _connection_error(self, exc: BaseException, what: str, attempts: int) -> Exception:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return ServerUnavailable(
+                f"TLS failure talking to {self.url} ({what}): {self._describe(exc)}; {_TLS_HINT}", url=self.url
+            )
+        if isinstance(exc, TimeoutError):
+            t = self.timeouts
+            return Timeout(
+                f"{what} at {self.url} timed out{tries} "
+                f"(timeouts: connect {t.connect:g} s, read {t.read:g} s, total {t.total or 'none'} s)"
+            )
+        return ServerUnavailable(
+            f"cannot talk to ComfyUI at {self.url}: {what} failed{tries} ({self._describe(exc)}); {_HINT}",
+            url=self.url,
+        )
+
+    def _status_error(self, method: str, path: str, status: int, body: bytes) -> HTTPStatusError:
+        text = self._scrub(body[:_BODY_LIMIT].decode("utf-8", errors="replace"))
+        message = f"{method} {self.url}{path} -> HTTP {status}"
+        if text.strip():
+            message += f": {text[:200].strip()}"
+        if status in (401, 403):
+            message += f"; {_AUTH_HINT}"
+        return HTTPStatusError(message, url=self.url + path, status=status, body=text)
+
+    def _decode(self, method: str, path: str, body: bytes) -> Any:
+        if not body.strip():
+            return None
+        data = _loads(body)
+        if data is _INVALID:
+            snippet = self._scrub(body[:80].decode("utf-8", errors="replace"))
+            raise ProtocolError(
+                f"{self.url} {_NOT_COMFY}: {method} {path} returned non-JSON ({snippet!r})", url=self.url
+            )
+        return data
+
+    def _shape_error(self, method: str, path: str, expected: str) -> ProtocolError:
+        return ProtocolError(f"{self.url} {_NOT_COMFY}: {method} {path} did not return {expected}", url=self.url)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        json: Any = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        retry: bool,
+    ) -> tuple[int, bytes]:
+        """One call with bounded retries; returns (status, body) of the last answer."""
+        session = self._client()
+        url = self.url + path
+        attempts = 1 + self.retries if retry else 1
+        attempt = 0
+        while True:
+            attempt += 1
+            error: Exception | None = None
+            try:
+                async with session.request(
+                    method, url, params=params, json=json, data=form() if form else None, ssl=self._ssl
+                ) as resp:
+                    body = await resp.read()
+                if (resp.status < 500 and resp.status != 429) or attempt == attempts:
+                    return resp.status, body
+                failure = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                failure = self._describe(exc)
+                # a certificate does not get better by retrying
+                if attempt == attempts or isinstance(exc, aiohttp.ClientSSLError):
+                    error = self._connection_error(exc, f"{method} {path}", attempt)
+            if error is not None:
+                raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
+            delay = min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY) * random.uniform(0.5, 1.5)
+            log.debug(
+                "%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay
+            )
+            await asyncio.sleep(delay)
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def request_json(
+        self, method: str, path: str, *, params: dict | None = None, json: Any = None, retry: bool | None = None
+    ) -> Any:
+        """Call a route answering JSON (or an empty body -> None). Retries GETs by default."""
+        if retry is None:
+            retry = method.upper() == "GET"
+        status, body = await self._send(method, path, params=params, json=json, retry=retry)
+        if status != 200:
+            raise self._status_error(method, path, status, body)
+        return self._decode(method, path, body)
+
+    async def post_prompt(self, body: dict) -> dict:
+        """POST /prompt exactly once: the caller checks for a duplicate before trying again."""
+        status, raw = await self._send("POST", "/prompt", json=body, retry=False)
+        if status == 400:
+            data = _loads(raw)
+            if isinstance(data, dict) and ("error" in data or "node_errors" in data):
+                raise validation_error(data)
+        if status != 200:
+            raise self._status_error("POST", "/prompt", status, raw)
+        data = self._decode("POST", "/prompt", raw)
+        if not isinstance(data, dict) or "prompt_id" not in data:
+            raise self._shape_error("POST", "/prompt", "a prompt_id")
+        return data
+
+    async def get_history(self, prompt_id: str) -> dict | None:
+        """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted)."""
+        path = f"/history/{quote(prompt_id, safe='')}"
+        data = await self.request_json("GET", path)
+        if not isinstance(data, dict):
+            raise self._shape_error("GET", path, "an object")
+        entry = data.get(prompt_id)
+        if entry is not None and not isinstance(entry, dict):
+            raise self._shape_error("GET", path, "a history entry")
+        return entry
+
+    async def get_history_page(self, max_items: int, offset: int | None = None) -> dict:
+        params = {"max_items": str(max_items)}
+        if offset is not None:
+            params["offset"] = str(offset)
+        data = await self.request_json("GET", "/history", params=params)
+        if not isinstance(data, dict):
+            raise self._shape_error("GET", "/history", "an object")
+        return data
+
+    async def get_queue(self) -> tuple[list[str], list[str]]:
+        """(running ids, pending ids in execution order): the server's heap array is not sorted."""
+        data = await self.request_json("GET", "/queue")
+        try:
+            running = [str(item[1]) for item in data["queue_running"]]
+            pending = sorted(data["queue_pending"], key=lambda item: (item[0], str(item[1])))
+            return running, [str(item[1]) for item in pending]
+        except (KeyError, TypeError, IndexError):
+            pass
+        raise self._shape_error("GET", "/queue", "queue_running and queue_pending")
+
+    async def get_job(self, prompt_id: str) -> dict | None:
+        """``/api/jobs/{id}``, or None if the server does not know the id.
+
+        Raises :class:`NotSupported` on servers without the jobs API (and sets ``jobs_api`` False).
+        """
+        path = f"/api/jobs/{quote(prompt_id, safe='')}"
+        if self.jobs_api is False:
+            raise NotSupported(f"{self.url} has no jobs API", url=self.url + path, status=404)
+        status, body = await self._send("GET", path, retry=True)
+        if status == 404:
+            data = _loads(body)
+            if isinstance(data, dict) and data.get("error") == "Job not found":
+                self.jobs_api = True
+                return None
+            self.jobs_api = False
+            raise NotSupported(
+                f"{self.url} has no jobs API (ComfyUI older than Dec 2025)", url=self.url + path, status=404, body=""
+            )
+        if status != 200:
+            raise self._status_error("GET", path, status, body)
+        data = self._decode("GET", path, body)
+        if not isinstance(data, dict):
+            raise self._shape_error("GET", path, "a job object")
+        self.jobs_api = True
+        return data
+
+    async def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Remove pending prompts; deleting twice is harmless, so this is retried."""
+        if prompt_ids:
+            await self.request_json("POST", "/queue", json={"delete": list(prompt_ids)}, retry=True)
+
+    async def interrupt(self, prompt_id: str | None) -> None:
+        """Interrupt ``prompt_id`` if it is running.
+
+        ``None`` interrupts whatever runs: never retried, as a late retry could hit the next prompt.
+        """
+        body = {"prompt_id": prompt_id} if prompt_id is not None else None
+        await self.request_json("POST", "/interrupt", json=body, retry=prompt_id is not None)
+
+    async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        status, body = await self._send("GET", "/view", params=params, retry=True)
+        if status != 200:
+            raise self._status_error("GET", "/view", status, body)
+        return body
+
+    async def upload_image(
+        self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input", overwrite: bool = False
+    ) -> dict:
+        """Upload an input file; use the returned ``name``. Retried: the server dedups identical content."""
+
+        def form() -> aiohttp.FormData:
+            f = aiohttp.FormData()
+            mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+            f.add_field("image", data, filename=filename, content_type=mime)
+            f.add_field("type", type)
+            f.add_field("subfolder", subfolder)
+            f.add_field("overwrite", "true" if overwrite else "false")
+            return f
+
+        status, body = await self._send("POST", "/upload/image", form=form, retry=True)
+        if status != 200:
+            raise self._status_error("POST", "/upload/image", status, body)
+        result = self._decode("POST", "/upload/image", body)
+        if not isinstance(result, dict) or "name" not in result:
+            raise self._shape_error("POST", "/upload/image", "the uploaded name")
+        return result
+
+    async def object_info(self, node_class: str | None = None) -> dict:
+        path = "/object_info" if node_class is None else f"/object_info/{quote(node_class, safe='')}"
+        data = await self.request_json("GET", path)
+        if not isinstance(data, dict):
+            raise self._shape_error("GET", path, "an object")
+        return data
+
+    async def system_stats(self) -> dict:
+        """Also the probe for "is this ComfyUI?": anything unexpected is a ProtocolError."""
+        status, body = await self._send("GET", "/system_stats", retry=True)
+        if status in (404, 405):
+            raise ProtocolError(f"{self.url} {_NOT_COMFY}: GET /system_stats -> HTTP {status}", url=self.url)
+        if status != 200:
+            raise self._status_error("GET", "/system_stats", status, body)
+        data = self._decode("GET", "/system_stats", body)
+        if not isinstance(data, dict) or not isinstance(data.get("system"), dict):
+            raise self._shape_error("GET", "/system_stats", "system stats")
+        return data
+
+    async def ws_connect(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
+        """Open ``/ws?clientId=``: no size limit (big ``executed`` payloads, PNG frames), pings to spot stalls."""
+        error: Exception
+        try:
+            return await self._client().ws_connect(
+                self._ws_url,
+                params={"clientId": client_id},
+                max_msg_size=0,
+                heartbeat=self.timeouts.ws_heartbeat,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeouts.connect),
+                ssl=self._ssl,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                error = HTTPStatusError(
+                    f"WebSocket upgrade at {self.url}/ws refused (HTTP {exc.status}); {_AUTH_HINT}, "
+                    "or a mismatched Origin header",
+                    url=self.url + "/ws",
+                    status=exc.status,
+                )
+            else:
+                error = ProtocolError(
+                    f"{self.url} {_NOT_COMFY}: no WebSocket at /ws (HTTP {exc.status})", url=self.url
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = self._connection_error(exc, "WebSocket connect", 1)
+        raise error  # not chained: aiohttp's exception holds the request headers
