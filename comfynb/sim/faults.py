@@ -1,0 +1,121 @@
+"""Fault injection: the ways a real ComfyUI deployment misbehaves, on request and reproducibly.
+
+Every knob is off by default, can be changed while the simulator runs (``faults.update``), and
+every random decision comes from one generator seeded at construction, so a scenario replays
+the same way. ``counts`` records what was actually injected, so a test can tell a fault that
+fired from one that did not.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from typing import Any
+
+_DEFAULTS: dict[str, Any] = {
+    "close_every": None,     # seconds: close every WebSocket this often
+    "close_after": None,     # messages: close a socket once it has sent this many
+    "drop": {},              # message type (or "executing_done", "preview", "*") -> probability
+    "stall_after": None,     # messages: the first socket to send this many goes silent (once)
+    "empty_history": 0,      # reads: GET /history/{id} of a finished prompt answers {} this often first
+    "http_errors": {},       # route ("/prompt", "/history", "*", ...) -> probability of a 500
+    "lost_responses": {},    # route -> probability the request is handled but the answer is lost
+    "latency": 0.0,          # seconds added to every HTTP response
+}
+
+
+def route_key(path: str) -> str:
+    """The route a request path belongs to for fault matching: ``/api/history/x`` -> ``/history/x``."""
+    return path[4:] if path.startswith("/api/") else path
+
+
+class Faults:
+    """Live fault settings plus what was injected (``counts``)."""
+
+    def __init__(self, seed: int = 0, **knobs: Any):
+        self.counts: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stall_used = False
+        self._history_reads: Counter[str] = Counter()
+        for name, value in _DEFAULTS.items():
+            setattr(self, name, value.copy() if isinstance(value, dict) else value)
+        self.update(**knobs)
+
+    def update(self, **knobs: Any) -> None:
+        """Change knobs at run time (any thread). Re-setting ``stall_after`` re-arms it."""
+        unknown = set(knobs) - set(_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown fault knob(s): {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(_DEFAULTS)}")
+        with self._lock:
+            for name, value in knobs.items():
+                if isinstance(_DEFAULTS[name], dict):
+                    value = dict(value or {})
+                setattr(self, name, value)
+            if "stall_after" in knobs:
+                self._stall_used = False
+            if "empty_history" in knobs:
+                self._history_reads.clear()
+
+    def _chance(self, table: dict[str, float], key: str, fallback_key: str = "*") -> bool:
+        p = table.get(key, table.get(fallback_key, 0.0))
+        with self._lock:
+            return p > 0 and self._rng.random() < p
+
+    def _route_chance(self, table: dict[str, float], path: str) -> bool:
+        path = route_key(path)
+        for key, p in table.items():
+            key = route_key(key)
+            if key == "*" or path == key or path.startswith(key.rstrip("/") + "/"):
+                with self._lock:
+                    if p > 0 and self._rng.random() < p:
+                        return True
+        return False
+
+    # -- decisions, each counted when it fires ------------------------------------------------
+
+    def drop_message(self, kind: str) -> bool:
+        """Whether to drop one targeted message of this kind (message type, "executing_done", "preview")."""
+        if self.drop and self._chance(self.drop, kind):
+            self.counts["drop"] += 1
+            self.counts[f"drop:{kind}"] += 1
+            return True
+        return False
+
+    def http_error(self, path: str) -> bool:
+        if self.http_errors and self._route_chance(self.http_errors, path):
+            self.counts["http_errors"] += 1
+            return True
+        return False
+
+    def lose_response(self, path: str) -> bool:
+        if self.lost_responses and self._route_chance(self.lost_responses, path):
+            self.counts["lost_responses"] += 1
+            return True
+        return False
+
+    def hide_history(self, prompt_id: str) -> bool:
+        """Whether this read of a finished prompt's history should answer ``{}``."""
+        if not self.empty_history:
+            return False
+        with self._lock:
+            self._history_reads[prompt_id] += 1
+            hide = self._history_reads[prompt_id] <= self.empty_history
+        if hide:
+            self.counts["empty_history"] += 1
+        return hide
+
+    def take_stall(self, sent: int) -> bool:
+        """Whether a socket that has now sent ``sent`` messages is the one to stall."""
+        if self.stall_after is None or self._stall_used or sent < self.stall_after:
+            return False
+        with self._lock:
+            if self._stall_used:
+                return False
+            self._stall_used = True
+        return True
+
+    def __repr__(self) -> str:
+        on = {n: getattr(self, n) for n, d in _DEFAULTS.items() if getattr(self, n) != d}
+        return f"Faults({on})"

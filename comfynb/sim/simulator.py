@@ -1,0 +1,233 @@
+"""The `Simulator`: lifecycle of one embedded ComfyUI server (start, stop, restart, threads).
+
+It runs inside the caller's event loop (``async with``) or in its own loop on a daemon thread
+(``with sim.running()``). The listening socket is managed directly so a simulated restart can
+refuse connections for a while and then come back on the same port, with queue, history and
+cache forgotten but files kept, like a real server process restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from aiohttp import web
+
+from .engine import Engine, Settings
+from .faults import Faults
+from .files import Files
+from .hub import Hub
+from .nodes import NodeClass, default_nodes
+from .server import build_app
+
+_TICK = 0.05        # granularity of the close_every fault
+
+
+class Simulator:
+    """A protocol-faithful ComfyUI 0.8.0 server on 127.0.0.1, without models or a GPU."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, root: str | Path | None = None,
+                 node_time: float = 0.0, step_time: float = 0.0,
+                 node_times: dict[str, float] | None = None, max_history: int = 10000,
+                 checkpoints: list[str] | None = None, preview_method: str | None = None,
+                 jobs_api: bool = True, faults: Faults | dict | None = None, seed: int = 0):
+        self.host = host
+        self.port = port
+        self.url: str | None = None
+        self.settings = Settings(node_time, step_time, dict(node_times or {}), preview_method,
+                                 max_history)
+        self.jobs_api = jobs_api
+        self.faults = faults if isinstance(faults, Faults) else Faults(seed, **(faults or {}))
+        self._root_arg = root
+        self._checkpoint_names = checkpoints
+        self.root: Path | None = None
+        self.files: Files | None = None
+        self.nodes: dict[str, NodeClass] = {}
+        self.hub: Hub | None = None
+        self.engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._retired: list[Engine] = []
+        self._coming_up: asyncio.Task | None = None
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return list(self.nodes["CheckpointLoaderSimple"].info["input"]["required"]["ckpt_name"][0])
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> "Simulator":
+        self._loop = asyncio.get_running_loop()
+        self.root = (Path(tempfile.mkdtemp(prefix="comfynb-sim-")) if self._root_arg is None
+                     else Path(self._root_arg))
+        self.files = Files(self.root)
+        self.nodes = default_nodes(self._checkpoint_names, self.files.dirs["input"])
+        self._fresh_state()
+        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None,
+                                     shutdown_timeout=2.0)
+        try:
+            await self._runner.setup()
+            await self._listen()
+        except BaseException:
+            await self.stop()
+            raise
+        self._spawn(self._close_every())
+        return self
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+            self._listener = None
+        if self.hub is not None:
+            self.hub.drop_all()
+        for engine in [*self._retired, self.engine]:
+            if engine is not None:
+                await engine.stop()
+        self._retired.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._root_arg is None and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    async def __aenter__(self) -> "Simulator":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Simulator"]:
+        """Run in a private event loop on a daemon thread, for synchronous callers."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=_serve, args=(loop,), name="comfynb-sim", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+            yield self
+        finally:
+            try:
+                asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join()
+
+    # -- run-time controls (any thread) --------------------------------------------------------
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Simulate a server restart: sockets and HTTP connections dropped, queue, history, cache
+        and interrupt forgotten, files kept; the port refuses connections for ``downtime`` s.
+
+        From another thread this returns once the server is back. On the simulator's own loop
+        it returns after the "down" half; the server comes back on its own after ``downtime``.
+        """
+        up = self._on_loop(lambda: self._go_down(downtime))
+        if not self._on_loop_thread():
+            async def back_up() -> None:
+                await up
+            asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
+
+    def drop_sockets(self) -> None:
+        """Close every WebSocket (no close frame, as a network drop would)."""
+        def drop() -> None:
+            self.faults.counts["drop_sockets"] += self.hub.drop_all()
+        self._on_loop(drop)
+
+    def stall(self, client_id: str | None = None) -> None:
+        """Make one socket (``client_id``'s, or the first registered) go silent but stay open."""
+        self._on_loop(lambda: self.hub.stall(client_id))
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _fresh_state(self) -> None:
+        self.hub = Hub(self.faults)
+        self.engine = Engine(self.nodes, self.hub, self.files, self.settings)
+        self.engine.start()
+
+    async def _listen(self) -> None:
+        self._listener = await self._loop.create_server(self._runner.server, self.host, self.port,
+                                                        reuse_address=True)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+
+    def _go_down(self, downtime: float) -> asyncio.Task:
+        self.faults.counts["restart"] += 1
+        self._listener.close()
+        self.hub.drop_all()
+        for connection in self._runner.server.connections:
+            connection.force_close()
+        self._retired.append(self.engine)
+        self.engine.abandon()
+        self._fresh_state()
+        if self._coming_up is not None:
+            self._coming_up.cancel()            # restarted again while down: the later one wins
+        self._coming_up = self._spawn(self._come_up(downtime))
+        return self._coming_up
+
+    async def _come_up(self, downtime: float) -> None:
+        if downtime > 0:
+            await asyncio.sleep(downtime)
+        await self._listen()
+
+    async def _close_every(self) -> None:
+        """The close_every fault: drop all sockets every N seconds while the knob is set."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            every, now = self.faults.close_every, loop.time()
+            if not every:
+                last = now
+                await asyncio.sleep(_TICK)
+            elif now - last < every:
+                await asyncio.sleep(min(_TICK, every - (now - last)))
+            else:
+                last = now
+                self.faults.counts["close_every"] += self.hub.drop_all()
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the simulator's loop: directly there, else handed over and waited for."""
+        if self._loop is None:
+            raise RuntimeError("the simulator is not running")
+        if self._on_loop_thread():
+            return fn()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:    # handed to the waiting thread
+                future.set_exception(exc)
+        self._loop.call_soon_threadsafe(call)
+        return future.result()
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
