@@ -2,6 +2,11 @@
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from .jobs import Job, as_completed
+from .results import ImageRef, Result
+from .session import Session
+from .transport import Timeouts
+from .workflow import Workflow
 
 __version__ = "0.1.0"
-__all__ = [*_errors_all]
+__all__ = [*_errors_all, "ImageRef", "Job", "Result", "Session", "Timeouts", "Workflow", "as_completed"]
