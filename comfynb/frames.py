@@ -1,0 +1,280 @@
+"""History entries -> pandas DataFrames, so results can be rebuilt from the server alone.
+
+A prompt's row needs nothing but its history entry: the sweep parameters travel in
+``extra_data["comfynb"]`` and the timings in ``status.messages``. That is what lets a new process
+(after a dead kernel) rebuild the frame of a sweep it never saw.
+
+Image columns hold ``/view`` URLs (plain strings): parquet-friendly, usable in a browser, and
+turned back into fetchable references by :meth:`comfynb.results.ImageRef.from_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import _loop
+from .results import _node_key, view_url
+from .transport import Transport
+
+STATUSES = ("success", "error", "interrupted", "cancelled", "lost", "pending", "queued", "running")
+COLUMNS = (
+    "prompt_id", "status", "queued_at", "started_at", "finished_at", "queue_wait", "run_time",
+    "images", "error", "server", "tag", "sweep_id", "index",
+)
+_TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
+_IMAGE_KEYS = ("images", "gifs")  # as in Result.images, in the same (node) order
+PAGE_SIZE = 256
+
+
+def image_url(server: str, item: Mapping[str, Any]) -> str:
+    """The ``/view`` URL of one output item: the frame's lightweight image reference."""
+    return view_url(server, str(item.get("filename", "")), str(item.get("subfolder") or ""),
+                    str(item.get("type") or "output"))
+
+
+def tags_of(entry: Mapping[str, Any]) -> dict:
+    """The ``extra_data["comfynb"]`` tags of a history entry (``{}`` for foreign prompts)."""
+    prompt = entry.get("prompt") or ()
+    extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
+    tags = extra.get("comfynb")
+    return tags if isinstance(tags, dict) else {}
+
+
+def _error_text(kind: str, data: Mapping[str, Any]) -> str:
+    where = f"node {data.get('node_id')} ({data.get('node_type')})"
+    if kind == "execution_interrupted":
+        return f"interrupted at {where}"
+    message = str(data.get("exception_message", "")).strip()
+    return f"{where}: {data.get('exception_type', 'Error')}: {message}"
+
+
+def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
+    """One frame row (times as epoch ms) from one history entry.
+
+    Interrupts are recorded by ComfyUI as ``status_str: "error"``, and some execution errors leave
+    ``status_str: "success"``, so the outcome comes from the messages first.
+    """
+    prompt = entry.get("prompt") or ()
+    extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
+    tags = extra.get("comfynb") if isinstance(extra.get("comfynb"), dict) else {}
+    status_obj = entry.get("status") or {}
+    started = finished = None
+    status = error = None
+    for message in status_obj.get("messages") or ():
+        try:
+            kind, data = message
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if kind == "execution_start":
+            started = data.get("timestamp")
+        elif kind in _TERMINAL_MESSAGES:
+            if kind == "execution_error" and data.get("exception_type") == "ExecutionBlocked":
+                continue
+            finished = data.get("timestamp", finished)
+            if kind == "execution_success":
+                status = status or "success"
+            else:
+                status = "interrupted" if kind == "execution_interrupted" else "error"
+                error = _error_text(kind, data)
+    if status is None:  # no outcome message: trust status_str (servers before #2523 have no status)
+        ok = status_obj.get("status_str", "success") == "success" and status_obj.get("completed", True)
+        status = "success" if ok else "error"
+    outputs = entry.get("outputs") or {}
+    images = [
+        image_url(server, item)
+        for node_id in sorted(outputs, key=_node_key) if isinstance(outputs[node_id], dict)
+        for key in _IMAGE_KEYS for item in outputs[node_id].get(key) or ()
+        if isinstance(item, dict) and isinstance(item.get("filename"), str)
+    ]
+    return {
+        "params": tags.get("params") or {},
+        "prompt_id": prompt_id,
+        "status": status,
+        "queued_at": extra.get("create_time"),
+        "started_at": started,
+        "finished_at": finished,
+        "images": images,
+        "error": error,
+        "server": server,
+        "tag": tags.get("tag"),
+        "sweep_id": tags.get("sweep_id"),
+        "index": tags.get("index"),
+    }
+
+
+def _ms_to_utc(values: list) -> pd.DatetimeIndex:
+    array = np.array([np.nan if v is None else v for v in values], dtype="float64")
+    return pd.to_datetime(array, unit="ms", utc=True)
+
+
+def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows (as made by :func:`history_row`) -> the frame: swept params first, then COLUMNS.
+
+    Parameter columns are the union of every row's params, in first-seen order.
+    """
+    params: dict[str, list] = {}
+    fixed: dict[str, list] = {name: [] for name in COLUMNS}
+    n = 0
+    for row in rows:
+        for key, value in (row.get("params") or {}).items():
+            column = params.get(key)
+            if column is None:
+                column = params[key] = [None] * n
+            column.append(value)
+        for name, column in fixed.items():
+            column.append(row.get(name))
+        n += 1
+        for column in params.values():
+            if len(column) < n:
+                column.append(None)
+    queued, started, finished = (_ms_to_utc(fixed[k]) for k in ("queued_at", "started_at", "finished_at"))
+    data: dict[str, Any] = {key: pd.Series(values, dtype=_param_dtype(values)) for key, values in params.items()}
+    data.update(
+        prompt_id=pd.Series(fixed["prompt_id"], dtype="str"),
+        status=pd.Categorical(fixed["status"], categories=STATUSES),
+        queued_at=queued,
+        started_at=started,
+        finished_at=finished,
+        queue_wait=(started - queued).total_seconds(),
+        run_time=(finished - started).total_seconds(),
+        images=pd.Series([list(v or ()) for v in fixed["images"]], dtype=object),
+        error=pd.Series(fixed["error"], dtype="str"),
+        server=pd.Series(fixed["server"], dtype="str"),
+        tag=pd.Series(fixed["tag"], dtype="str"),
+        sweep_id=pd.Series(fixed["sweep_id"], dtype="str"),
+        index=pd.array(fixed["index"], dtype="Int64"),
+    )
+    return pd.DataFrame(data)
+
+
+def _param_dtype(values: list) -> str | None:
+    """Let pandas infer numbers and strings, but keep JSON lists/dicts as objects (parquet-safe)."""
+    return object if any(isinstance(v, (list, dict)) for v in values) else None
+
+
+def frame_from_history(items: Iterable[tuple[str, Mapping[str, Any]]], server: str) -> pd.DataFrame:
+    """The frame of ``(prompt_id, history entry)`` pairs from one server."""
+    return frame_from_rows(history_row(pid, entry, server) for pid, entry in items)
+
+
+def _matches(entry: Mapping[str, Any], tag: str | None, sweep_id: str | None) -> bool:
+    if tag is None and sweep_id is None:
+        return True
+    tags = tags_of(entry)
+    return (tag is None or tags.get("tag") == tag) and (sweep_id is None or tags.get("sweep_id") == sweep_id)
+
+
+async def _history_size(transport, page_size: int) -> int:
+    """Number of history entries, found with tiny probes (``/history`` has no count)."""
+    async def exists(offset: int) -> bool:
+        return bool(await transport.get_history_page(1, offset))
+
+    if not await exists(0):
+        return 0
+    low, high = 0, page_size
+    while await exists(high):  # gallop: low exists, high does not
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if await exists(mid) else (low, mid)
+    return high
+
+
+async def read_history(transport, *, tag: str | None = None, sweep_id: str | None = None,
+                       limit: int | None = None, page_size: int = PAGE_SIZE) -> list[tuple[str, dict]]:
+    """Matching ``(prompt_id, entry)`` pairs, oldest first, read in pages, never all at once.
+
+    Without ``limit`` pages go forward from the oldest entry until a short page; with ``limit`` they
+    go backwards from the newest until ``limit`` matches are found. Entries are deduplicated by id,
+    since the history can grow (or evict its oldest entries) while we page.
+    """
+    found: dict[str, dict] = {}
+    if limit is None:
+        offset = 0
+        while True:
+            page = await transport.get_history_page(page_size, offset)
+            found.update((pid, e) for pid, e in page.items() if _matches(e, tag, sweep_id))
+            if len(page) < page_size:
+                return list(found.items())
+            offset += page_size
+    if limit <= 0:
+        return []
+    end = await _history_size(transport, page_size)
+    pages: list[list[tuple[str, dict]]] = []
+    while end > 0 and sum(map(len, pages)) < limit:
+        start = max(0, end - page_size)
+        page = await transport.get_history_page(end - start, start)
+        pages.append([(pid, e) for pid, e in page.items() if pid not in found and _matches(e, tag, sweep_id)])
+        found.update(pages[-1])
+        end = start
+    newest_first: Iterator = (item for page in pages for item in reversed(page))
+    return list(reversed([item for _, item in zip(range(limit), newest_first)]))
+
+
+async def _transport_history(transport, *, sort: bool, **query: Any) -> pd.DataFrame:
+    frame = frame_from_history(await read_history(transport, **query), transport.url)
+    return frame.sort_values("index", kind="stable", ignore_index=True) if sort else frame
+
+
+async def _session_history(session, *, sort: bool, **query: Any) -> pd.DataFrame:
+    """Every healthy server's history, recorded in the session's journal (so ``resume`` knows what
+    finished even after a restart wipes the server's history)."""
+    frames = []
+    for server in session._servers:
+        if server.start_error is not None:
+            continue
+        items = await read_history(server.transport, **query)
+        rows = [history_row(pid, entry, server.url) for pid, entry in items]
+        if session.journal is not None and items:
+            session.journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
+        frames.append(frame_from_rows(rows))
+    if not frames:
+        raise session._servers[0].start_error
+    if len(frames) == 1:
+        frame = frames[0]
+    else:  # each server gave its newest `limit`: keep the newest overall
+        frame = pd.concat(frames, ignore_index=True).sort_values("finished_at", kind="stable", ignore_index=True)
+        if query.get("limit") is not None:
+            frame = frame.tail(query["limit"]).reset_index(drop=True)
+    return frame.sort_values("index", kind="stable", ignore_index=True) if sort else frame
+
+
+async def _history(source: Any, *, tag: str | None, sweep_id: str | None, limit: int | None,
+                   page_size: int) -> pd.DataFrame:
+    query = {"tag": tag, "sweep_id": sweep_id, "limit": limit, "page_size": page_size,
+             "sort": sweep_id is not None}  # a sweep's rows in index order, like its own frame
+    if hasattr(source, "_servers"):  # a Session (not imported: sessions sit above frames)
+        await asyncio.wrap_future(source._started)
+        return await _session_history(source, **query)
+    if isinstance(source, str):
+        transport = Transport(source)
+        try:
+            return await _transport_history(transport, **query)
+        finally:
+            await transport.close()
+    return await _transport_history(source, **query)
+
+
+def history_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
+                  limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+    """The results frame rebuilt from a server's history alone, e.g. in a new process after a crash.
+
+    ``source`` is a Session, a Transport or a server URL. ``tag``/``sweep_id`` select tagged prompts
+    (all prompts otherwise, foreign ones included); ``limit`` keeps the newest matches. The
+    history is read ``page_size`` entries at a time, never whole.
+    """
+    return _loop.run_sync(_history(source, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size))
+
+
+async def ahistory_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
+                         limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+    """:func:`history_frame` for ``await``, from any event loop."""
+    return await _loop.wrap(_loop.submit(_history(source, tag=tag, sweep_id=sweep_id, limit=limit,
+                                                  page_size=page_size)))

@@ -1,0 +1,608 @@
+"""Parameter sweeps: many prompts from one workflow, with bounded concurrency and a results frame.
+
+A sweep of 10,000 prompts must not flood the server's queue nor the client's memory, so rows are
+computed from a compact :class:`Plan` when their slot opens, and at most ``concurrency`` prompts
+are on the server at once; the others are cheap pending jobs that can be cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import io
+import math
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import _loop
+from .errors import ComfyError, Timeout, WorkflowError
+from .frames import COLUMNS, frame_from_rows, history_row
+from .jobs import as_completed
+from .journal import TERMINAL, Submission
+from .results import ImageRef
+from .workflow import Workflow
+
+_SEED_INPUTS = ("seed", "noise_seed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
+
+
+# -- input images ----------------------------------------------------------------------------
+
+
+def is_image(value: Any) -> bool:
+    """Values a sweep uploads instead of sending: PIL images, bytes, paths (``str`` is a server name)."""
+    from PIL import Image
+
+    return isinstance(value, (Image.Image, bytes, bytearray, memoryview, os.PathLike))
+
+
+def image_payload(image: Any) -> tuple[bytes, str]:
+    """The bytes to upload and a content-addressed file name.
+
+    Naming by content means the server, which reuses a name when the content matches, keeps one
+    copy of each image however often and from however many sessions it is uploaded.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data, stem, ext = buf.getvalue(), "comfynb", ".png"
+    elif isinstance(image, os.PathLike):
+        path = Path(image)
+        data, stem, ext = path.read_bytes(), _UNSAFE.sub("_", path.stem)[:60] or "image", path.suffix.lower()
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        data, stem = bytes(image), "comfynb"
+        try:
+            ext = "." + (Image.open(io.BytesIO(data)).format or "png").lower().replace("jpeg", "jpg")
+        except Exception:
+            raise ValueError("the bytes given are not an image Pillow can read") from None
+    else:
+        raise TypeError(f"upload takes a PIL image, a path or bytes, not {type(image).__name__}")
+    if not _SUFFIX.fullmatch(ext):
+        ext = ".png"
+    return data, f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}{ext}"
+
+
+async def upload(transport, image: Any, cache: dict) -> str:
+    """Upload once per content and server; the name to put into a ``LoadImage`` input.
+
+    ``cache`` maps (server, file name) to the name the server returned; it skips repeated uploads
+    within a session, and the server itself skips writing content it already holds under that name.
+    """
+    data, filename = image_payload(image)
+    key = (transport.url, filename)
+    if key not in cache:
+        answer = await transport.upload_image(data, filename)
+        sub = str(answer.get("subfolder") or "")
+        cache[key] = f"{sub}/{answer['name']}" if sub else str(answer["name"])
+    return cache[key]
+
+
+class Plan:
+    """A sweep's rows, computed on demand from axes (never materialised: a 10,000-row grid is a few lists).
+
+    ``kind`` is ``grid`` (cartesian product, first axis slowest), ``zip`` (aligned lists) or ``rows``
+    (explicit dicts); an optional seed axis multiplies every row (seed fastest). Values are JSON, so
+    a plan can be journalled and rebuilt in another process.
+    """
+
+    def __init__(self, kind: str, axes: list[tuple[str, list]], rows: list[dict] | None = None,
+                 seed: tuple[str, list] | None = None):
+        self.kind, self.axes, self.rows, self.seed = kind, axes, rows, seed
+        if kind == "grid":
+            base = math.prod(len(values) for _, values in axes)
+        elif kind == "zip":
+            base = len(axes[0][1]) if axes else 1
+        else:
+            base = len(rows or ())
+        self.total = base * (len(seed[1]) if seed else 1)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every swept address, in column order."""
+        names = [a for a, _ in self.axes] if self.kind != "rows" else list(
+            dict.fromkeys(k for row in self.rows or () for k in row))
+        return names + ([self.seed[0]] if self.seed else [])
+
+    def __len__(self) -> int:
+        return self.total
+
+    def row(self, i: int) -> dict:
+        """The parameters of row ``i``."""
+        if not 0 <= i < self.total:
+            raise IndexError(i)
+        params: dict = {}
+        if self.seed:
+            i, s = divmod(i, len(self.seed[1]))
+        if self.kind == "grid":
+            digits = []
+            for _, values in reversed(self.axes):
+                i, d = divmod(i, len(values))
+                digits.append(d)
+            params = {a: values[d] for (a, values), d in zip(self.axes, reversed(digits))}
+        elif self.kind == "zip":
+            params = {a: values[i] for a, values in self.axes}
+        else:
+            params = dict(self.rows[i])
+        if self.seed:
+            params[self.seed[0]] = self.seed[1][s]
+        return params
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "axes": [[a, v] for a, v in self.axes], "rows": self.rows,
+                "seed": list(self.seed) if self.seed else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Plan:
+        seed = data.get("seed")
+        return cls(data["kind"], [(a, list(v)) for a, v in data["axes"]], data.get("rows"),
+                   (seed[0], list(seed[1])) if seed else None)
+
+
+# -- checking a sweep's definition -------------------------------------------------------------
+
+
+def _json(value: Any) -> Any:
+    """Plain JSON data (numpy scalars, tuples converted): plans go into tags and the journal."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+def _axis(address: str, values: Any) -> list:
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise WorkflowError(
+            f"the values of '{address}' must be a list (or range, array...) of values to sweep, "
+            f"not {type(values).__name__} {values!r:.60}; for one value use a one-item list")
+    values = list(values)
+    if not values:
+        raise WorkflowError(f"'{address}' has no values to sweep")
+    return values
+
+
+def make_plan(wf: Workflow, *, grid: Mapping | None = None, zip: Mapping | None = None,
+              rows: Iterable[Mapping] | None = None, seeds: int | Iterable[int] | None = None,
+              upload: Callable[[list], dict[int, str]] | None = None) -> Plan:
+    """Check a sweep's definition against the workflow, before anything is submitted.
+
+    Every address must resolve (AddressError, with suggestions), aligned lists must have equal
+    lengths, and every value must be settable (JSON, not over a link), so a sweep never fails
+    half-way because of its own definition. Image values (see :func:`is_image`) are given to
+    ``upload``, which returns ``{id(image): server name}``; the plan holds the names.
+    """
+    given = [name for name, v in (("grid", grid), ("zip", zip), ("rows", rows)) if v is not None]
+    if len(given) > 1:
+        raise WorkflowError(f"give one of grid=, zip= or rows=, not {' and '.join(given)}")
+    if rows is not None:
+        if isinstance(rows, Mapping):
+            raise WorkflowError("rows= takes a list of dicts {address: value}, one per prompt")
+        row_list = [dict(r) for r in rows]
+        if not row_list:
+            raise WorkflowError("rows= is empty: nothing to sweep")
+        plan_kind, axes = "rows", []
+    else:
+        row_list = None
+        plan_kind = "zip" if zip is not None else "grid"
+        axes = [(address, _axis(address, values)) for address, values in (grid or zip or {}).items()]
+        if zip is not None:
+            lengths = {a: len(v) for a, v in axes}
+            if len(set(lengths.values())) > 1:
+                shown = ", ".join(f"'{a}': {n}" for a, n in lengths.items())
+                raise WorkflowError(f"zip= needs lists of equal length (one value per prompt); got {shown}. "
+                                    "Use grid= for every combination.")
+    images = [v for _, values in axes for v in values if is_image(v)]
+    images += [v for row in row_list or () for v in row.values() if is_image(v)]
+    if images:
+        if upload is None:
+            raise WorkflowError("this sweep has images as values; run it through session.sweep, which uploads them")
+        names = upload(images)
+        axes = [(a, [names.get(id(v), v) for v in values]) for a, values in axes]
+        row_list = [{a: names.get(id(v), v) for a, v in row.items()} for row in row_list or ()] \
+            if row_list is not None else None
+    axes = [(a, _json(values)) for a, values in axes]
+    row_list = _json(row_list)
+    seed = _seed_axis(wf, seeds) if seeds is not None else None
+    plan = Plan(plan_kind, axes, row_list, seed)
+    if seed and seed[0] in plan.addresses[:-1]:
+        raise WorkflowError(f"'{seed[0]}' is swept already; drop seeds= or drop it from the sweep")
+    if not given and seed is None:
+        raise WorkflowError("give grid=, zip= or rows= (or seeds=) to say what to sweep")
+    _check(wf, plan)
+    return plan
+
+
+def _seed_axis(wf: Workflow, seeds: int | Iterable[int]) -> tuple[str, list]:
+    """The seed input and its values: ``seeds=n`` counts up from the workflow's own seed."""
+    params = wf.parameters()
+    found = params[params.input.isin(_SEED_INPUTS)]
+    if len(found) != 1:
+        which = "has no seed input" if found.empty else \
+            f"has several seed inputs ({', '.join(repr(a) for a in found.address)})"
+        raise WorkflowError(f"seeds= needs one seed input, but this workflow {which}; sweep a seed "
+                            "explicitly instead, e.g. grid={'<node>.seed': [1, 2, 3]}")
+    address = found.address.iloc[0]
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, Iterable)) or isinstance(seeds, (str, bytes)):
+        raise WorkflowError(f"seeds= takes a number of seeds or a list of seeds, not {seeds!r:.60}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise WorkflowError("seeds= must be at least 1")
+        base = wf[address] if isinstance(wf[address], int) else 0
+        return address, [base + k for k in range(seeds)]
+    return address, _axis(address, seeds)
+
+
+def _check(wf: Workflow, plan: Plan) -> None:
+    """Resolve every address and set every distinct value once, on a scratch copy."""
+    for address in plan.addresses:
+        wf.resolve(address)
+    scratch = wf.copy()
+    columns = [*plan.axes, *([plan.seed] if plan.seed else [])]
+    for address, values in columns:
+        for value in values:
+            scratch.set(address, value)
+    for row in plan.rows or ():
+        for address, value in row.items():
+            scratch.set(address, value)
+
+
+# -- running a sweep ---------------------------------------------------------------------------
+
+
+class Sweep:
+    """One prompt per row of a :class:`Plan`, at most ``concurrency`` of them on the servers at once.
+
+    ``jobs`` has one :class:`~comfynb.jobs.Job` per row from the start; rows waiting for a slot are
+    ``pending`` jobs without a prompt (built when the slot opens), so they cost little and cancel
+    at once. ``await sweep`` or ``sweep.result()`` give the results frame (see :mod:`comfynb.frames`).
+    """
+
+    def __init__(self, session, workflow: Workflow, plan: Plan, *, concurrency: int = 8,
+                 tag: str | None = None, sweep_id: str | None = None):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.session = session
+        self.workflow = workflow
+        self.plan = plan
+        self.concurrency = concurrency
+        self.tag = tag
+        self.sweep_id = sweep_id or uuid.uuid4().hex[:16]
+        self.jobs: list = []
+        self._flying: set = set()  # futures of the jobs on a server (each holds a slot)
+        self._remaining = plan.total
+        self._wake: asyncio.Event | None = None
+        self._cancelled = False
+        self._done: concurrent.futures.Future = concurrent.futures.Future()
+        self._template = workflow.to_api()
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _start(self, sent: Mapping[int, Submission] | None = None) -> Sweep:
+        """Create one job per row; ``sent`` maps rows submitted earlier (resume) to their journal records."""
+        sent = sent or {}
+        self.jobs = [None if i in sent else self.session._hold() for i in range(self.plan.total)]
+        if sent:
+            _loop.run_sync(self._adopt_all(sent))
+        self.session._sweeps[self.sweep_id] = self
+        _loop.submit(self._run(sent)).add_done_callback(self._crashed)
+        return self
+
+    def _crashed(self, fut: concurrent.futures.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None and not self._done.done():
+            self._done.set_exception(fut.exception())
+
+    async def _adopt_all(self, sent: Mapping[int, Submission]) -> None:
+        await asyncio.wrap_future(self.session._started)
+        for i, record in sent.items():
+            self.jobs[i] = self._adopt(record)
+            self._flying.add(self.jobs[i]._state.future)
+
+    async def _run(self, sent: Mapping[int, Submission]) -> None:
+        """Send the held rows in row order as slots free up (rows sent earlier hold slots too)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for job in self.jobs:
+            job._state.future.add_done_callback(self._future_done)
+        for i in range(self.plan.total):
+            while len(self._flying) >= self.concurrency and not self._cancelled:
+                self._wake.clear()
+                await self._wake.wait()
+            job = self.jobs[i]
+            if i in sent or self._cancelled or job.done():
+                continue
+            self._flying.add(job._state.future)
+            params = self.plan.row(i)
+            tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
+            self.session._send_held(job, self._prompt(params), tags)
+
+    def _prompt(self, params: Mapping) -> dict:
+        """The row's API graph, sharing every part it leaves unchanged with all other rows (memory)."""
+        return _share(self.workflow.with_values(params).to_api(), self._template)
+
+    def _adopt(self, sub: Submission):
+        """A job for a row sent earlier: settled from the journal if it ended, else looked up on the server."""
+        if sub.state in TERMINAL:
+            return self.session._adopt(sub.prompt_id, server=sub.server, prompt=None, tags=sub.tags,
+                                       attempts=sub.attempts, entry=sub.entry(), status=sub.state)
+        return self.session._adopt(sub.prompt_id, server=sub.server, prompt=self.session.journal.prompt(sub.prompt_id),
+                                   tags=sub.tags, attempts=sub.attempts)
+
+    def _future_done(self, fut: concurrent.futures.Future) -> None:
+        self._loop.call_soon_threadsafe(self._job_done, fut)
+
+    def _job_done(self, fut: concurrent.futures.Future) -> None:
+        if fut in self._flying:
+            self._flying.discard(fut)
+            self._wake.set()
+        self._remaining -= 1
+        if self._remaining == 0 and not self._done.done():
+            self._done.set_result(None)
+
+    # -- waiting and results ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.plan.total
+
+    def __await__(self):
+        return self._aresult().__await__()
+
+    async def _aresult(self) -> pd.DataFrame:
+        await _loop.wrap(self._done)
+        return self.frame()
+
+    def result(self, timeout: float | None = None) -> pd.DataFrame:
+        """Block until every row has ended, then return the frame (failed rows included, not raised)."""
+        if _loop.in_loop_thread():
+            raise RuntimeError("sweep.result() would deadlock on comfynb's own loop thread; use `await sweep`")
+        try:
+            self._done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise Timeout(f"sweep {self.sweep_id}: {self._remaining} of {self.plan.total} rows "
+                          f"not finished within {timeout:g} s") from None
+        return self.frame()
+
+    def done(self) -> bool:
+        return self._done.done()
+
+    def as_completed(self, timeout: float | None = None) -> as_completed:
+        """Jobs in finishing order: ``for job in ...`` blocks, ``async for job in ...`` awaits."""
+        return as_completed(self.jobs, timeout)
+
+    def cancel(self) -> int:
+        """Cancel every unfinished row: held rows are dropped, queued deleted, running interrupted.
+
+        Returns how many jobs were asked to stop.
+        """
+        self._cancelled = True
+        return sum(job.cancel() for job in self.jobs)
+
+    def frame(self) -> pd.DataFrame:
+        """The results frame now: finished rows from their history, the others from their state."""
+        return frame_from_rows(self._row(i, job) for i, job in enumerate(self.jobs))
+
+    def _row(self, index: int, job: Any) -> dict:
+        if job.history is not None:
+            return history_row(job.prompt_id, job.history, job.server)
+        error = job.error
+        return {
+            "params": self.plan.row(index), "prompt_id": job.prompt_id, "status": job.status,
+            "error": None if error is None else f"{type(error).__name__}: {error}", "server": job.server,
+            "tag": self.tag, "sweep_id": self.sweep_id, "index": index,
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status."""
+        return dict(collections.Counter(job.status for job in self.jobs))
+
+    def __repr__(self) -> str:
+        counts = self.counts()
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        tag = f" tag={self.tag!r}" if self.tag else ""
+        return f"<Sweep {self.sweep_id}{tag}: {self.plan.total} rows over {self.plan.addresses}; {summary}>"
+
+    # -- images ------------------------------------------------------------------------------------
+
+    def contact_sheet(self, x: str, y: str, *, size: int = 192):
+        """A PIL image grid of each row's first image, ``x`` values across and ``y`` values down.
+
+        Where other parameters vary too, each cell shows the first matching row. Rows without an
+        image show their status. PIL images display themselves in notebooks.
+        """
+        return contact_sheet(self.session, self.frame(), x, y, size=size)
+
+    def save(self, folder: str | os.PathLike, *, wait: bool = True) -> Path:
+        """Download every output under ``folder/images`` and write ``results.parquet`` and ``.csv``.
+
+        Local names are built from the row index (``00012.png``, ``00012-1.png``...), never from
+        the server's names, which are not trusted as paths. Returns the folder.
+        """
+        frame = self.result() if wait else self.frame()
+        return save_frame(self.session, frame, folder)
+
+
+def _share(value: Any, base: Any) -> Any:
+    """``value`` with each part equal to the same part of ``base`` replaced by ``base``'s object."""
+    if value == base:
+        return base
+    if isinstance(value, dict) and isinstance(base, dict):
+        return {k: _share(v, base[k]) if k in base else v for k, v in value.items()}
+    return value
+
+
+# -- frames -> images and files (also for frames from history) ---------------------------------
+
+
+def _fetcher(session, url: str):
+    server = next((s for s in session._servers if url.startswith(s.url + "/view?")), None)
+    if server is None:
+        raise ComfyError(f"{url} is not on a server of this session")
+    return server.transport.view
+
+
+async def _fetch_all(session, urls: list[str], limit: int = 8) -> list[bytes | BaseException]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(url: str) -> bytes | BaseException:
+        ref = ImageRef.from_url(url, fetcher=_fetcher(session, url))
+        async with gate:
+            try:
+                return await ref._download()
+            except ComfyError as exc:
+                return exc
+    return await asyncio.gather(*(one(u) for u in urls))
+
+
+def _label(value: Any, limit: int = 24) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 192):
+    """A labelled grid of first images by two columns of a results frame (see :meth:`Sweep.contact_sheet`)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    for name in (x, y):
+        if name not in frame.columns:
+            params = [c for c in frame.columns if c not in COLUMNS]
+            raise KeyError(f"'{name}' is not a column of this sweep; its parameters are {params}")
+    xs = list(dict.fromkeys(frame[x].tolist()))
+    ys = list(dict.fromkeys(frame[y].tolist()))
+    cells: dict[tuple, tuple[str | None, str]] = {}
+    for vx, vy, images, status in zip(frame[x], frame[y], frame["images"], frame["status"]):
+        if (vx, vy) not in cells or (cells[(vx, vy)][0] is None and len(images)):
+            cells[(vx, vy)] = (images[0] if len(images) else None, str(status))
+    urls = [u for u, _ in cells.values() if u is not None]
+    fetched = dict(zip(urls, _loop.run_sync(_fetch_all(session, urls)))) if urls else {}
+    font = ImageFont.load_default(size=max(10, size // 12))
+    band = max(16, size // 8)
+    left = band + max((int(font.getlength(_label(v))) for v in ys), default=0)
+    sheet = Image.new("RGB", (left + size * len(xs), band * 2 + size * len(ys)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 2), f"across: {x}   down: {y}", fill="black", font=font)
+    for c, vx in enumerate(xs):
+        draw.text((left + c * size + 4, band + 2), _label(vx), fill="black", font=font)
+    for r, vy in enumerate(ys):
+        top = band * 2 + r * size
+        draw.text((4, top + size // 2 - band // 2), _label(vy), fill="black", font=font)
+        for c, vx in enumerate(xs):
+            url, status = cells.get((vx, vy), (None, "missing"))
+            box = (left + c * size, top)
+            data = fetched.get(url)
+            if isinstance(data, bytes):
+                try:
+                    thumb = Image.open(io.BytesIO(data)).convert("RGB")
+                    thumb.thumbnail((size - 4, size - 4))
+                    sheet.paste(thumb, (box[0] + (size - thumb.width) // 2, box[1] + (size - thumb.height) // 2))
+                    continue
+                except Exception as exc:  # an output that is not a picture (e.g. a video)
+                    status = type(exc).__name__
+            draw.rectangle((box[0] + 2, box[1] + 2, box[0] + size - 3, box[1] + size - 3), fill="#ddd")
+            draw.text((box[0] + 8, box[1] + size // 2 - band // 2), status, fill="#555", font=font)
+    return sheet
+
+
+def save_frame(session, frame: pd.DataFrame, folder: str | os.PathLike) -> Path:
+    """Download a frame's images into ``folder/images`` and write the frame (with a ``files`` column).
+
+    Files are named by row index (by position if the frame mixes sweeps), never by server names.
+    """
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    downloads: list[tuple[str, Path]] = []
+    files: list[list[str]] = []
+    by_index = frame["index"].notna().all() and frame["index"].is_unique  # one sweep: its row numbers
+    for position, (index, images) in enumerate(zip(frame["index"], frame["images"])):
+        stem = f"{int(index) if by_index else position:05d}"
+        names = []
+        for k, url in enumerate(images):
+            suffix = Path(ImageRef.from_url(url).filename).suffix.lower()
+            suffix = suffix if _SUFFIX.fullmatch(suffix) else ".bin"
+            name = f"images/{stem}{f'-{k}' if k else ''}{suffix}"
+            names.append(name)
+            downloads.append((url, root / name))
+        files.append(names)
+    results = _loop.run_sync(_fetch_all(session, [u for u, _ in downloads])) if downloads else []
+    for (url, path), data in zip(downloads, results):
+        if isinstance(data, BaseException):
+            raise data
+        path.write_bytes(data)
+    out = frame.assign(files=pd.Series(files, index=frame.index, dtype=object))
+    out.assign(images=out["images"].map(" ".join), files=out["files"].map(" ".join)).to_csv(
+        root / "results.csv", index=False)
+    try:
+        out.to_parquet(root / "results.parquet", index=False)
+    except ImportError as exc:
+        warnings.warn(f"results.parquet not written ({exc}); install pyarrow (pip install 'comfynb[parquet]')",
+                      stacklevel=3)
+    return root
+
+
+# -- entry points used by Session ------------------------------------------------------------------
+
+
+async def upload_everywhere(session, images: list) -> dict[int, str]:
+    """Upload each distinct image to every server of the session: ``{id(image): name}``.
+
+    Every server gets it because any of them may run any row; names are content-addressed, so
+    they agree.
+    """
+    await session._ready()
+    names: dict[int, str] = {}
+    for image in {id(i): i for i in images}.values():
+        for server in session._servers:
+            if server.start_error is None:
+                names[id(image)] = await upload(server.transport, image, session._uploads)
+    return names
+
+
+def start(session, workflow: Any, *, grid: Mapping | None = None, zip: Mapping | None = None,
+          rows: Iterable[Mapping] | None = None, concurrency: int = 8, tag: str | None = None,
+          seeds: int | Iterable[int] | None = None) -> Sweep:
+    """Check the definition, upload its images, journal it, and start sending rows (see Session.sweep)."""
+    if tag is not None and not isinstance(tag, str):
+        raise TypeError(f"tag must be a string, not {type(tag).__name__}")
+    wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
+    plan = make_plan(wf, grid=grid, zip=zip, rows=rows, seeds=seeds,
+                     upload=lambda images: _loop.run_sync(upload_everywhere(session, images)))
+    sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
+    session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent
+    if session.journal is not None:
+        session.journal.add_sweep(sweep.sweep_id, tag=tag, workflow=wf.to_api(), plan=plan.to_json(),
+                                  total=plan.total, concurrency=concurrency)
+    return sweep._start()
+
+
+def resume(session, sweep_id: str) -> Sweep:
+    """Finish a journalled sweep: rows that ended are read back, rows on the server are followed,
+    rows the server lost are sent again (once, whichever process resumes), and rows never sent are sent.
+
+    Idempotent: in this process the live sweep is returned; elsewhere, the journal and the server
+    show every row as sent, so nothing is sent twice.
+    """
+    live = session._sweeps.get(sweep_id)
+    if live is not None:
+        return live
+    journal = session.journal
+    if journal is None:
+        raise ComfyError("resume needs the journal the sweep was recorded in: Session(url, journal='sweeps.sqlite')")
+    record = journal.sweep(sweep_id)
+    if record is None:
+        raise ComfyError(f"no sweep {sweep_id!r} in the journal {journal.path}")
+    sweep = Sweep(session, Workflow.load(record.workflow), Plan.from_json(record.plan),
+                  concurrency=record.concurrency, tag=record.tag, sweep_id=sweep_id)
+    return sweep._start({s.index: s for s in journal.submissions(sweep_id) if s.index is not None})

@@ -1,0 +1,224 @@
+"""The SQLite journal: records, states, sharing across processes, one resubmitter; and recovery of a
+sweep after a killed kernel and a restarted server."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+import comfynb.sim
+from comfynb import _loop
+from comfynb.journal import TERMINAL, Journal
+from comfynb.results import ImageRef
+from comfynb.session import Session
+from comfynb.sim import Simulator
+from comfynb.transport import Transport
+
+TAGS = {"tag": "t", "sweep_id": "s1", "index": 3, "params": {"KSampler.seed": 3}}
+PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+
+
+def test_record_and_read_back(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record("p3", server="http://s", prompt=PROMPT, tags=TAGS)
+    journal.record("p1", server="http://s", prompt=PROMPT, tags={**TAGS, "index": 1})
+    journal.record("other", server="http://s", prompt=PROMPT)
+    subs = journal.submissions("s1")
+    assert [s.prompt_id for s in subs] == ["p1", "p3"]  # by index
+    assert subs[1].tags == TAGS and subs[1].state == "submitting" and subs[1].attempts == 1
+    assert journal.prompt("p3") == PROMPT
+    assert [s.prompt_id for s in journal.submissions()] == ["p3", "p1", "other"]
+    assert journal.get("other").sweep_id is None and journal.get("nope") is None
+    assert "sqlite" in repr(journal)
+    journal.close()
+
+
+def test_record_twice_keeps_the_first(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record("p", server="http://a", prompt=PROMPT, tags=TAGS)
+    journal.record("p", server="http://b", prompt={}, tags=TAGS)
+    assert journal.get("p").server == "http://a" and journal.prompt("p") == PROMPT
+
+
+def test_terminal_states_are_not_overwritten_by_late_updates(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record("p", server="http://s", prompt=PROMPT, tags=TAGS)
+    journal.set_state("p", "queued")
+    journal.set_state("p", "success")
+    journal.set_state("p", "running")  # a late event must not resurrect a finished prompt
+    assert journal.get("p").state == "success"
+    journal.set_state("p", "error")  # but a corrected outcome is kept
+    assert journal.get("p").state == "error"
+
+
+def test_sweep_record(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    plan = {"kind": "grid", "axes": [["KSampler.seed", [1, 2]]]}
+    journal.add_sweep("s1", tag="t", workflow=PROMPT, plan=plan, total=2, concurrency=4)
+    record = Journal(tmp_path / "j.sqlite").sweep("s1")
+    assert (record.tag, record.workflow, record.plan, record.total, record.concurrency) == ("t", PROMPT, plan, 2, 4)
+    assert journal.sweep("nope") is None
+
+
+def test_claim_resubmit_is_granted_once_across_threads(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record("p", server="http://s", prompt=PROMPT, tags=TAGS)
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        wins.append(journal.claim_resubmit("p", 1))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1 and journal.get("p").attempts == 2
+
+
+def _claim_in_child(path, queue):
+    queue.put(Journal(path).claim_resubmit("p", 1))
+
+
+def test_claim_resubmit_is_granted_once_across_processes(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.record("p", server="http://s", prompt=PROMPT, tags=TAGS)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_child, args=(path, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results.count(True) == 1
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_forked_child_opens_its_own_connection(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record("p", server="http://s", prompt=PROMPT, tags=TAGS)
+    ctx = mp.get_context("fork")
+    proc = ctx.Process(target=journal.set_state, args=("p", "running"))
+    proc.start()
+    proc.join(timeout=30)
+    assert proc.exitcode == 0 and journal.get("p").state == "running"
+
+
+# -- recovery: a killed kernel, a restarted server ------------------------------------------------
+
+
+
+
+REPO = Path(__file__).resolve().parents[1]
+TXT2IMG = Path(comfynb.sim.__file__).parent / "workflows" / "default_txt2img.json"
+CHILD = """
+import sys, time
+from comfynb.session import Session
+url, journal, workflow = sys.argv[1:4]
+session = Session(url, journal=journal)
+sweep = session.sweep(workflow, grid={"KSampler.seed": range(20), "KSampler.cfg": [4.0, 7.0]},
+                      concurrency=8, tag="recovery")
+print(sweep.sweep_id, flush=True)
+while sum(job.status == "success" for job in sweep.jobs) < 10:
+    time.sleep(0.005)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def expected(index: int) -> tuple[int, float]:
+    """(seed, cfg) of a row of the child's grid."""
+    return index // 2, (4.0, 7.0)[index % 2]
+
+
+def made(url: str) -> tuple[int, float]:
+    """(seed, cfg) read back from the PNG the simulator wrote for a prompt."""
+    png = _loop.run_sync(_view(url))
+    params = json.loads(Image.open(io.BytesIO(png)).text["comfynb_sim"])
+    return params["seed"], params["cfg"]
+
+
+async def _view(url: str) -> bytes:
+    transport = Transport(url.split("/view?")[0])
+    try:
+        return await ImageRef.from_url(url, fetcher=transport.view)._download()
+    finally:
+        await transport.close()
+
+
+async def _history_ids(url: str) -> dict[str, dict]:
+    """The server's whole (small) history, read directly."""
+    transport = Transport(url)
+    try:
+        return await transport.get_history_page(1000)
+    finally:
+        await transport.close()
+
+
+def test_recovery_after_a_killed_kernel_and_a_restarted_server(tmp_path):
+    journal_path = tmp_path / "sweeps.sqlite"
+    sim = Simulator(node_times={"KSampler": 0.15}, root=tmp_path / "sim")
+    with sim.running():
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, sim.url, str(journal_path), str(TXT2IMG)],
+                                 stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        try:
+            sweep_id = child.stdout.readline().strip()
+            assert child.stdout.readline().strip() == "ready"
+        finally:
+            child.kill()
+            child.wait(30)
+
+        # 1. A process that never saw the sweep rebuilds its frame from the server's history.
+        session = Session(sim.url, journal=journal_path)
+        before = set(_loop.run_sync(_history_ids(sim.url)))  # the queue still runs: bracket the read
+        df = session.history_frame(sweep_id=sweep_id)
+        after = set(_loop.run_sync(_history_ids(sim.url)))
+        assert before <= set(df.prompt_id) <= after and len(df) >= 10
+        assert (df.status == "success").all() and df["index"].is_monotonic_increasing
+        for row in df.itertuples():
+            assert (row._1, row._2) == expected(row.index) == made(row.images[0])
+        journalled = Journal(journal_path).submissions(sweep_id)
+        lost = {s.prompt_id for s in journalled if s.state not in TERMINAL}
+        assert lost, "some prompts must still be queued when the server restarts"
+        assert {s.prompt_id for s in journalled if s.state in TERMINAL} == set(df.prompt_id)
+        never_sent = set(range(40)) - {s.index for s in journalled}
+
+        # 2. The server restarts and forgets its queue; resume sends the lost prompts again, once.
+        sim.restart()
+        sweep = session.resume(sweep_id)
+        final = sweep.result(timeout=120)
+        assert len(final) == 40 and (final.status == "success").all()
+        for row in final.itertuples():
+            assert (row._1, row._2) == expected(row.index) == made(row.images[0])
+        resent = _loop.run_sync(_history_ids(sim.url))
+        by_index = dict(zip(final["index"], final.prompt_id))
+        assert set(resent) == lost | {by_index[i] for i in never_sent}
+        assert sim.engine.counter == len(resent)  # every POST since the restart is in that set: none twice
+        print(f"recovery: {len(df)} finished before the restart, {len(lost)} lost and sent again, "
+              f"{len(never_sent)} never sent by the killed process")
+        attempts = {s.prompt_id: s.attempts for s in Journal(journal_path).submissions(sweep_id)}
+        assert {pid for pid, n in attempts.items() if n == 2} == lost and set(attempts.values()) <= {1, 2}
+        assert len(attempts) == 40
+
+        # 3. Resuming again submits nothing, in this process or in another.
+        assert session.resume(sweep_id) is sweep
+        with Session(sim.url, journal=journal_path) as other:
+            again = other.resume(sweep_id).result(timeout=60)
+        assert sim.engine.counter == len(resent)
+        pd_cols = ["prompt_id", "status", "KSampler.seed", "KSampler.cfg"]
+        assert again[pd_cols].equals(final[pd_cols])
+        session.close()
