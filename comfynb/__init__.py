@@ -8,5 +8,12 @@ from .session import Session
 from .transport import Timeouts
 from .workflow import Workflow
 
+# The notebook layer, last: it registers itself with the layers below (session submit hook,
+# IPython HTML formatters); nothing below imports it.
+from . import display as _display
+from .progress import progress
+
+_display.register()
+
 __version__ = "0.1.0"
-__all__ = [*_errors_all, "ImageRef", "Job", "Result", "Session", "Timeouts", "Workflow", "as_completed"]
+__all__ = [*_errors_all, "ImageRef", "Job", "Result", "Session", "Timeouts", "Workflow", "as_completed", "progress"]
