@@ -63,9 +63,14 @@ class Connection:
         self._task: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None  # held so the task is not garbage-collected
         self._closing = False
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"comfynb ws {self.transport.url}")
+
+    def wake(self) -> None:
+        """Reconnect now instead of after the backoff (the server is known to be back)."""
+        self._wake.set()
 
     def replace(self, reason: str) -> None:
         """Drop the current socket (stalled or muted); the read loop reconnects."""
@@ -112,8 +117,12 @@ class Connection:
                     await self._close_ws(ws)
             if self._closing:
                 break
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self._max_backoff)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.5, 1.0))
+                delay = self._backoff
+            except TimeoutError:
+                delay = min(delay * 2, self._max_backoff)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         """Dispatch frames until the socket ends; True if anything arrived."""

@@ -94,6 +94,19 @@ class ValidationError(ComfyError):
         super().__init__("\n".join(lines))
 
 
+class CapabilityError(ValidationError):
+    """No server of the session has what a workflow uses (node classes, model files).
+
+    ``missing`` maps each server's URL to what it lacks.
+    """
+
+    def __init__(self, missing: dict[str, list[str]]):
+        self.missing = missing
+        lines = [f"{url} lacks {', '.join(items)}" for url, items in missing.items()]
+        super().__init__("no server of this session can run this workflow:\n  - " + "\n  - ".join(lines),
+                         type="no_capable_server")
+
+
 class ExecutionError(ComfyError):
     """A node raised while the prompt ran on the server."""
 
@@ -155,6 +168,7 @@ class AddressError(WorkflowError, KeyError):
 __all__ = [
     "AddressError",
     "Cancelled",
+    "CapabilityError",
     "ComfyError",
     "ExecutionError",
     "HTTPStatusError",

@@ -11,6 +11,7 @@ turned back into fetchable references by :meth:`comfynb.results.ImageRef.from_ur
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
+from .pool import UP, merge_rows
 from .results import _node_key, view_url
 from .transport import Transport
 
@@ -29,6 +31,8 @@ COLUMNS = (
 _TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 _IMAGE_KEYS = ("images", "gifs")  # as in Result.images, in the same (node) order
 PAGE_SIZE = 256
+
+log = logging.getLogger(__name__)
 
 
 def image_url(server: str, item: Mapping[str, Any]) -> str:
@@ -218,32 +222,43 @@ async def read_history(transport, *, tag: str | None = None, sweep_id: str | Non
     return list(reversed([item for _, item in zip(range(limit), newest_first)]))
 
 
-async def _transport_history(transport, *, sort: bool, **query: Any) -> pd.DataFrame:
-    frame = frame_from_history(await read_history(transport, **query), transport.url)
+def _merged(per_server: list[list[dict]], limit: int | None, sort: bool,
+            prefer: Mapping[str, str | None] | None = None) -> pd.DataFrame:
+    """One frame from several servers' rows: one row per prompt_id (see :func:`comfynb.pool.merge_rows`)."""
+    if len(per_server) == 1:
+        frame = frame_from_rows(per_server[0])
+    else:  # each server gave its newest `limit`: keep the newest overall
+        rows = merge_rows((row for rows in per_server for row in rows), prefer)
+        frame = frame_from_rows(rows).sort_values("finished_at", kind="stable", ignore_index=True)
+        if limit is not None:
+            frame = frame.tail(limit).reset_index(drop=True)
     return frame.sort_values("index", kind="stable", ignore_index=True) if sort else frame
 
 
+async def _transports_history(transports: list, *, sort: bool, **query: Any) -> pd.DataFrame:
+    per_server = [[history_row(pid, entry, t.url) for pid, entry in await read_history(t, **query)]
+                  for t in transports]
+    return _merged(per_server, query.get("limit"), sort)
+
+
 async def _session_history(session, *, sort: bool, **query: Any) -> pd.DataFrame:
-    """Every healthy server's history, recorded in the session's journal (so ``resume`` knows what
-    finished even after a restart wipes the server's history)."""
-    frames = []
+    """Every server's history (those that are down are skipped, with a warning), recorded in the
+    session's journal (so ``resume`` knows what finished even after a restart wipes the server's
+    history). A prompt on two servers is attributed as the session's own job is."""
+    per_server = []
     for server in session._servers:
-        if server.start_error is not None:
+        if server.health != UP:
+            log.warning("history_frame: %s is down, its history is not included", server.url)
             continue
         items = await read_history(server.transport, **query)
         rows = [history_row(pid, entry, server.url) for pid, entry in items]
         if session.journal is not None and items:
             session.journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
-        frames.append(frame_from_rows(rows))
-    if not frames:
-        raise session._servers[0].start_error
-    if len(frames) == 1:
-        frame = frames[0]
-    else:  # each server gave its newest `limit`: keep the newest overall
-        frame = pd.concat(frames, ignore_index=True).sort_values("finished_at", kind="stable", ignore_index=True)
-        if query.get("limit") is not None:
-            frame = frame.tail(query["limit"]).reset_index(drop=True)
-    return frame.sort_values("index", kind="stable", ignore_index=True) if sort else frame
+        per_server.append(rows)
+    if not per_server:
+        raise session._servers[0].error
+    prefer = {job.prompt_id: job.server for job in session.jobs if job.done()}
+    return _merged(per_server, query.get("limit"), sort, prefer)
 
 
 async def _history(source: Any, *, tag: str | None, sweep_id: str | None, limit: int | None,
@@ -253,20 +268,22 @@ async def _history(source: Any, *, tag: str | None, sweep_id: str | None, limit:
     if hasattr(source, "_servers"):  # a Session (not imported: sessions sit above frames)
         await asyncio.wrap_future(source._started)
         return await _session_history(source, **query)
-    if isinstance(source, str):
-        transport = Transport(source)
-        try:
-            return await _transport_history(transport, **query)
-        finally:
-            await transport.close()
-    return await _transport_history(source, **query)
+    sources = [source] if isinstance(source, (str, Transport)) else list(source)
+    transports = [Transport(s) if isinstance(s, str) else s for s in sources]
+    try:
+        return await _transports_history(transports, **query)
+    finally:
+        for made, transport in zip(sources, transports):
+            if isinstance(made, str):
+                await transport.close()
 
 
 def history_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
                   limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
     """The results frame rebuilt from a server's history alone, e.g. in a new process after a crash.
 
-    ``source`` is a Session, a Transport or a server URL. ``tag``/``sweep_id`` select tagged prompts
+    ``source`` is a Session, a Transport, a server URL, or a list of them (merged: one row per
+    prompt_id, a success first, should failover have left it on two). ``tag``/``sweep_id`` select tagged prompts
     (all prompts otherwise, foreign ones included); ``limit`` keeps the newest matches. The
     history is read ``page_size`` entries at a time, never whole.
     """

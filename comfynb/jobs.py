@@ -46,7 +46,8 @@ class Job:
 
     @property
     def server(self) -> str | None:
-        """The server's URL (never with credentials), once the job was dispatched."""
+        """The URL (never with credentials) of the server the job was sent to, and after it ended,
+        the one whose result it has (a job moved by failover can have run on two)."""
         return self._state.server
 
     @property

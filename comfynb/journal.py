@@ -142,11 +142,13 @@ class Journal:
 
     def record(self, prompt_id: str, *, server: str, prompt: dict, tags: dict | None = None,
                state: str = "submitting") -> None:
-        """Write a submission before its POST (so a crash right after the POST is still known)."""
+        """Write a submission before its POST (so a crash right after the POST is still known).
+        A resubmission keeps the row but moves it to ``server`` (failover)."""
         tags = tags or {}
         now = time.time()
         self._execute(
-            "INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, NULL)",
+            "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, NULL) "
+            "ON CONFLICT (prompt_id) DO UPDATE SET server = excluded.server",
             (prompt_id, server, tags.get("sweep_id"), tags.get("index"), tags.get("tag"),
              json.dumps(tags.get("params") or {}), json.dumps(prompt), state, now, now),
         )

@@ -1,8 +1,9 @@
 """Session: submit prompts to ComfyUI servers and get every result back, exactly once.
 
 A Session owns one :class:`_Server` per URL (transport, WebSocket, tracker, watchdog), all on the
-private loop. The socket is trusted for speed, never for correctness: a job ends only when its
-history (or the jobs API) says how, and whenever the socket may have missed something (reconnect,
+private loop; :mod:`comfynb.pool` decides which server takes each prompt and moves jobs off a
+server that is down. The socket is trusted for speed, never for correctness: a job ends only when
+its history (or the jobs API) says how, and whenever the socket may have missed something (reconnect,
 silence, a queue that shrank without a completion) the server is asked directly, with one
 ``/queue`` call for all jobs and a per-job lookup only for those that left the queue.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import json
 import logging
@@ -43,6 +45,7 @@ from .errors import (
 )
 from .jobs import Job
 from .journal import Journal
+from .pool import STARTING, UP, Pool, discard
 from .results import Result
 from .tracker import (
     CANCELLED,
@@ -77,11 +80,20 @@ submit_hooks: list = []
 class Session:
     """Submit workflows to one or more ComfyUI servers; every job ends with its own result or a clear error.
 
-    ``url`` is one URL or a list (jobs go to the least loaded server). ``resubmit_lost``: a prompt the
-    server forgot (restart) is submitted again, up to ``max_attempts`` submissions in all, else it
-    ends as ``lost``. ``reconcile_after``: seconds of socket silence, while jobs are unfinished,
-    before the server is asked directly. ``progress``: "auto" shows live progress (widgets in a
-    Jupyter kernel, else a text line on stderr), "widget" or "text" force one, False shows nothing.
+    ``url`` is one URL or a list. With several, each job goes to the server with the least
+    outstanding work per unit of ``weights`` (a number per server: a list, or a dict by URL),
+    each holding at most ``max_inflight`` of our prompts (``"auto"``: 2 each with several
+    servers, no limit with one; None: no limit) while the others wait client-side;
+    ``capabilities`` (default: on with several servers) sends a workflow only to servers whose
+    ``/object_info`` lists its node classes and model files. A server is down once it fails to
+    answer (a POST, or HTTP after its socket stayed closed for ``down_after`` s); after
+    ``failover_after`` s down its jobs run elsewhere (see :mod:`comfynb.pool`).
+
+    ``resubmit_lost``: a prompt the server forgot (restart) is submitted again, up to
+    ``max_attempts`` submissions in all, else it ends as ``lost``. ``reconcile_after``: seconds of
+    socket silence, while jobs are unfinished, before the server is asked directly.
+    ``progress``: "auto" shows live progress (widgets in a Jupyter kernel, else a text line on
+    stderr), "widget" or "text" force one, False shows nothing.
     ``journal`` (a SQLite path) records every submission, so ``resume(sweep_id)`` can finish a sweep
     after a crash or a server restart. Construction does not block; ``with``/``async with`` wait until the servers answer.
     """
@@ -103,6 +115,11 @@ class Session:
         verify_ssl: bool = True,
         max_events: int = 1000,
         journal: str | os.PathLike | Journal | None = None,
+        weights: Iterable[float] | Mapping[str, float] | None = None,
+        max_inflight: int | str | Iterable[int | str | None] | Mapping[str, int | str | None] | None = "auto",
+        capabilities: bool | None = None,
+        down_after: float = 5.0,
+        failover_after: float = 30.0,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -117,7 +134,8 @@ class Session:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.events: collections.deque = collections.deque(maxlen=max_events)
-        self.simulator: Any = None  # set by Session.simulated()
+        self.simulator: Any = None  # set by Session.simulated(): the first simulator
+        self.simulators: list = []
         self.journal = Journal(journal) if isinstance(journal, (str, os.PathLike)) else journal
         self._uploads: dict = {}  # (server, content-addressed name) -> name on the server
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -134,28 +152,36 @@ class Session:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._started = _loop.submit(self._start())
+        self._pool = Pool(self, self._servers, weights=weights, max_inflight=max_inflight,
+                          capabilities=capabilities, down_after=down_after, failover_after=failover_after)
+        self._started = _loop.submit(self._pool.start())
 
     @classmethod
-    def simulated(cls, **options: Any) -> Session:
-        """A session on an embedded ComfyUI simulator (no GPU), closed with the session.
+    def simulated(cls, n: int = 1, **options: Any) -> Session:
+        """A session on ``n`` embedded ComfyUI simulators (no GPU), closed with the session.
 
-        Keywords that :class:`Session` takes configure the session; all others go to
-        :class:`comfynb.sim.Simulator` (``node_time``, ``faults``, ``seed``, ...).
+        Keywords that :class:`Session` takes configure the session; all others go to each
+        :class:`comfynb.sim.Simulator` (``node_time``, ``faults``, ``seed``, ...). With ``root``
+        and several servers, each gets a subfolder. ``session.simulators`` lists them.
         """
         from .sim import Simulator
 
+        if n < 1:
+            raise ValueError("n must be at least 1")
         own = inspect.signature(cls).parameters
         session_options = {k: options.pop(k) for k in list(options) if k in own and k != "url"}
-        sim = Simulator(**options)
-        context = sim.running()
-        context.__enter__()
+        root = options.pop("root", None)
+        roots = [os.path.join(root, f"server{i}") for i in range(n)] if root is not None and n > 1 else [root] * n
+        sims = [Simulator(**options, root=r) for r in roots]
+        stack = contextlib.ExitStack()
         try:
-            session = cls(sim.url, **session_options)
+            for sim in sims:
+                stack.enter_context(sim.running())
+            session = cls([sim.url for sim in sims], **session_options)
         except BaseException:
-            context.__exit__(None, None, None)
+            stack.close()
             raise
-        session.simulator, session._sim_context = sim, context
+        session.simulator, session.simulators, session._sim_context = sims[0], sims, stack
         return session
 
     # -- submitting -----------------------------------------------------------------------
@@ -176,7 +202,7 @@ class Session:
         job = Job(state, self._request_cancel)
         with self._lock:
             self._jobs[prompt_id] = job
-        _loop.submit(self._drive(state))
+        _loop.submit(self._pool.enqueue(state, front))
         return self._announce(job)
 
     def _announce(self, item: Any) -> Any:
@@ -212,8 +238,7 @@ class Session:
         state.tags = self._tags(tags)
         state.body = self._body(prompt, state.prompt_id, state.tags)
         state.progress.nodes_total = len(state.body["prompt"])
-        state.posting = True
-        _loop.submit(self._drive(state))
+        _loop.submit(self._pool.enqueue(state))
 
     def _adopt(self, prompt_id: str, *, server: str, prompt: dict | None, tags: dict | None, attempts: int,
                entry: dict | None = None, status: str | None = None) -> Job:
@@ -231,8 +256,8 @@ class Session:
         if srv is None:
             raise ComfyError(f"prompt {prompt_id} was sent to {server}, which is not a server of this session")
         state = PromptState(prompt_id, None if prompt is None else self._body(prompt, prompt_id, tags), tags)
-        state.server, state.sent, state.attempts = srv.url, True, attempts
-        srv.load += 1
+        state.sent, state.attempts = True, attempts
+        self._pool.assign(state, srv)
         srv.tracker.register(state)
         job = Job(state, self._request_cancel)
         with self._lock:
@@ -249,14 +274,17 @@ class Session:
     # -- sweeps, input images, history (the logic lives in sweep.py and frames.py) ----------------
 
     def sweep(self, workflow: Any, *, grid: Mapping | None = None, zip: Mapping | None = None,
-              rows: Iterable[Mapping] | None = None, concurrency: int = 8, tag: str | None = None,
+              rows: Iterable[Mapping] | None = None, concurrency: int | None = None, tag: str | None = None,
               seeds: int | Iterable[int] | None = None) -> _sweep.Sweep:
         """One prompt per row of a grid, of aligned lists (``zip``) or of explicit ``rows``, at most
-        ``concurrency`` on the servers at once; ``await sweep`` (or ``sweep.result()``) for the frame.
+        ``concurrency`` on the servers at once (default: 8, or enough to fill every server's
+        ``max_inflight``); ``await sweep`` (or ``sweep.result()``) for the frame.
 
         Addresses are checked before anything is sent. ``seeds=n`` adds a seed axis (the
         workflow's seed, +1, ...), or give a list. Images as values are uploaded once each.
         """
+        if concurrency is None:
+            concurrency = self._pool.concurrency()
         return self._announce(_sweep.start(self, workflow, grid=grid, zip=zip, rows=rows,
                                            concurrency=concurrency, tag=tag, seeds=seeds))
 
@@ -275,7 +303,8 @@ class Session:
         return (await _sweep.upload_everywhere(self, [image]))[id(image)]
 
     def history_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
-        """The results frame rebuilt from the servers' history alone (works in a new process)."""
+        """The results frame rebuilt from the servers' history alone (works in a new process): every
+        server that is up is read, and a prompt found on two (moved by failover) gives one row."""
         return _frames.history_frame(self, tag=tag, sweep_id=sweep_id, limit=limit)
 
     async def ahistory_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
@@ -296,28 +325,10 @@ class Session:
             raise ValueError("tags contain a credential of this session; they are stored on the server in clear")
         return json.loads(text)
 
-    async def _drive(self, state: PromptState) -> None:
-        """Dispatch and send one job; whatever goes wrong ends the job rather than leaving it waiting."""
-        try:
-            server = await self._dispatch()
-        except ComfyError as exc:
-            state.posting = False
-            _settle(state, ERROR, error=exc)
-            return
-        if state.done:
-            return
-        try:
-            await server.submit(state)
-        except Exception as exc:
-            log.error("internal error in comfynb (please report)", exc_info=exc)
-            server.settle(state, ERROR, error=exc)
-
-    async def _dispatch(self) -> _Server:
-        await asyncio.wrap_future(self._started)
-        healthy = [s for s in self._servers if s.start_error is None]
-        if not healthy:
-            raise self._servers[0].start_error
-        return min(healthy, key=lambda s: s.load)
+    def _settle_unsent(self, state: PromptState, error: BaseException) -> None:
+        """Fail a job that no server took (none answers, or none can run it)."""
+        state.posting = False
+        _settle(state, ERROR, error=error)
 
     def _request_cancel(self, state: PromptState) -> None:
         _loop.get_loop().call_soon_threadsafe(self._cancel, state)
@@ -334,17 +345,13 @@ class Session:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def _start(self) -> None:
-        await asyncio.gather(*(s.start() for s in self._servers))
-
     async def _ready(self) -> None:
         await asyncio.wrap_future(self._started)
-        healthy = [s for s in self._servers if s.start_error is None]
-        if not healthy:
-            raise self._servers[0].start_error
+        if not self._pool.up():
+            raise self._servers[0].error
         for s in self._servers:
-            if s.start_error is not None:
-                log.warning("server %s is unusable: %s", s.url, s.start_error)
+            if s.health != UP:
+                log.warning("server %s is down for now (%s); it joins when it answers", s.url, s.error)
 
     async def _aclose(self) -> None:
         self._closed = True
@@ -352,6 +359,7 @@ class Session:
             await asyncio.wrap_future(self._started)
         except Exception:  # a start that failed has nothing to close
             pass
+        await self._pool.close()
         for s in self._servers:
             await s.close()
         with self._lock:
@@ -416,6 +424,7 @@ class Session:
         import pandas as pd
 
         now = time.time()
+        health = {server.url: server.health for server in self._servers}
         rows = []
         for job in self.jobs:
             s = job._state
@@ -424,6 +433,7 @@ class Session:
                 "prompt_id": s.prompt_id,
                 "status": s.status,
                 "server": s.server,
+                "server_state": health.get(s.server),
                 "age": now - s.submitted_at,
                 "last_event": s.last_event,
                 "since_event": None if s.last_event_at is None else now - s.last_event_at,
@@ -435,9 +445,15 @@ class Session:
                 "tags": s.tags,
                 "error": None if s.error is None else f"{type(s.error).__name__}: {s.error}",
             })
-        columns = ["prompt_id", "status", "server", "age", "last_event", "since_event", "events",
+        columns = ["prompt_id", "status", "server", "server_state", "age", "last_event", "since_event", "events",
                    "attempts", "number", "nodes", "step", "tags", "error"]
         return pd.DataFrame(rows, columns=columns)
+
+    def servers(self):
+        """A pandas DataFrame with one row per server: url, state (up/down), inflight (our prompts
+        there now), queue_remaining (as it broadcasts), done, failed, weight, max_inflight, and for a
+        down server how long it has been down and why."""
+        return self._pool.frame()
 
     def check(self, prompt_id: str) -> dict:
         """Ask the server about one prompt now (and settle our job if it has ended); returns what it says."""
@@ -451,9 +467,9 @@ class Session:
         with self._lock:
             job = self._jobs.get(prompt_id)
         state = job._state if job else None
-        servers = [s for s in self._servers if s.start_error is None]
+        servers = self._pool.up()
         if state is not None and state.server is not None:
-            servers = [s for s in servers if s.url == state.server]
+            servers = [s for s in self._servers if s.url == state.server]
         report: dict = {"prompt_id": prompt_id, "local_status": state.status if state else None,
                         "server": None, "queue": None, "history": None, "job": None}
         for server in servers:
@@ -472,7 +488,7 @@ class Session:
     def __repr__(self) -> str:
         counts = collections.Counter(job.status for job in self.jobs)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no jobs"
-        urls = ", ".join(s.url for s in self._servers)
+        urls = ", ".join(s.url + ("" if s.health == UP else f" ({s.health})") for s in self._servers)
         closed = " closed" if self._closed else ""
         return f"<Session {urls}{closed}: {summary}>"
 
@@ -486,8 +502,19 @@ class _Server:
         self.url = transport.url
         self.tracker = Tracker(on_complete=self._on_complete)
         self.connection: Connection | None = None
-        self.start_error: ComfyError | None = None
+        # dispatch and health, kept by comfynb.pool
+        self.health = STARTING
+        self.ever_up = False
+        self.error: BaseException | None = None  # why it is (or was last) down
+        self.down_since: float | None = None
+        self.silent_since: float | None = None  # socket closed since (while up)
+        self.probing = False
         self.load = 0  # unfinished jobs dispatched here
+        self.weight = 1.0
+        self.limit: int | None = None
+        self.caps: Any = None  # pool.Capabilities, once read
+        self.orphans: dict[str, PromptState] = {}  # jobs moved away while it was down
+        self.done = self.failed = 0
         self.grace = min(_MAX_GRACE, session.reconcile_after)
         self._tasks: set[asyncio.Task] = set()
         self._reconciling = False
@@ -498,16 +525,22 @@ class _Server:
         self._meta: Any = None  # the last history entry's `meta`, shared by equal ones
 
     async def start(self) -> None:
-        try:
-            await self.transport.system_stats()
-        except ComfyError as exc:
-            self.start_error = exc
+        """Probe the server (raises if it does not answer); connect the socket the first time,
+        or hurry its reconnect when the server is back. Only the first probe retries: the pool
+        probes a down server again with its own backoff."""
+        await self.transport.system_stats(retry=self.connection is None)
+        t = self.transport.timeouts
+        if self.connection is not None:
+            self.connection.wake()
+            try:
+                await asyncio.wait_for(self.connection.connected.wait(), t.connect)
+            except TimeoutError:
+                pass  # the pool's monitor notices if it stays closed
             return
         try:  # learn now whether the server has the jobs API (it tells unknown from queued)
             await self.transport.get_job(str(uuid.uuid4()))
         except (NotSupported, TransportError, Timeout):
             pass
-        t = self.transport.timeouts
         self.connection = Connection(
             self.transport,
             self.session.client_id,
@@ -552,9 +585,9 @@ class _Server:
         if _settle(state, status, result=result, error=error):
             if self.session.journal is not None:
                 self.session.journal.on_settle(state)
-            self.load -= 1
             if self.tracker.running == state.prompt_id:
                 self.tracker.running = None
+            self.session._pool.settled(state)
 
     # -- socket callbacks (on the loop, must not block) ---------------------------------------
 
@@ -582,9 +615,6 @@ class _Server:
 
     async def submit(self, state: PromptState) -> None:
         """POST the prompt (registered first, so no event can arrive for an unknown id)."""
-        if state.server is None:
-            state.server = self.url
-            self.load += 1
         self.tracker.register(state)
         try:
             try:
@@ -602,11 +632,17 @@ class _Server:
             state.posting = False
             if state.completed:  # the reply was lost, yet our socket saw the prompt finish
                 await self.finalize(state)
-            else:
-                self.settle(state, ERROR, error=exc)
+            elif isinstance(exc, ValidationError) or (
+                    isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429):
+                self.settle(state, ERROR, error=exc)  # refused: it would be refused again
+            else:  # unanswered: the server may have it, so it is not sent elsewhere yet
+                self.session._pool.unreachable(self, exc)
             return
         finally:
             state.posting = False
+        if state.done:  # meanwhile another server's copy gave the job its result
+            await discard(self, state.prompt_id)
+            return
         state.number = reply.get("number", state.number)
         state.node_errors = reply.get("node_errors") or {}
         if state.status == PENDING:
@@ -782,16 +818,11 @@ class _Server:
         if state.cancel_requested:
             self.settle(state, CANCELLED, error=Cancelled(f"job {state.prompt_id} was cancelled"))
         elif self.session.resubmit_lost and state.attempts < self.session.max_attempts:
-            if self.session.journal is not None and not self.session.journal.may_resubmit(state):
+            reason = f"{self.url} no longer knows prompt {state.prompt_id} (restarted?)"
+            if not self.session._pool.resubmit(state, self, reason=reason, orphan=False):
                 log.info("prompt %s was sent again by another process; following it", state.prompt_id)
                 state.attempts += 1
                 self.tracker.place(state, QUEUED)
-                return
-            log.warning("%s no longer knows prompt %s (restarted?); submitting it again (attempt %d of %d)",
-                        self.url, state.prompt_id, state.attempts + 1, self.session.max_attempts)
-            state.resubmitting()
-            state.posting = True
-            self.spawn(self.submit(state), state)
         else:
             policy = "resubmit_lost is off" if not self.session.resubmit_lost else "no attempts left"
             self.settle(state, LOST, error=JobLost(
@@ -872,7 +903,7 @@ class _Server:
         tick = self.grace / 2
         while True:
             await asyncio.sleep(tick)
-            if not self.load:
+            if not self.load or self.health != UP:
                 continue
             now = time.monotonic()
             shrink, retry = self.tracker.shrink_at, self._retry_at

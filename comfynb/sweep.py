@@ -564,9 +564,8 @@ async def upload_everywhere(session, images: list) -> dict[int, str]:
     await session._ready()
     names: dict[int, str] = {}
     for image in {id(i): i for i in images}.values():
-        for server in session._servers:
-            if server.start_error is None:
-                names[id(image)] = await upload(server.transport, image, session._uploads)
+        for server in session._pool.up():
+            names[id(image)] = await upload(server.transport, image, session._uploads)
     return names
 
 

@@ -114,6 +114,12 @@ class Tracker:
     def register(self, state: PromptState) -> None:
         self.jobs[state.prompt_id] = state
 
+    def forget(self, prompt_id: str) -> None:
+        """Stop following a prompt here (it moved to another server): its events become foreign."""
+        self.jobs.pop(prompt_id, None)
+        if self.running == prompt_id:
+            self.running = None
+
     def unfinished(self) -> list[PromptState]:
         return [s for s in self.jobs.values() if not s.done]
 

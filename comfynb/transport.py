@@ -417,9 +417,10 @@ class Transport:
             raise self._shape_error("GET", path, "an object")
         return data
 
-    async def system_stats(self) -> dict:
-        """Also the probe for "is this ComfyUI?": anything unexpected is a ProtocolError."""
-        status, body = await self._send("GET", "/system_stats", retry=True)
+    async def system_stats(self, retry: bool = True) -> dict:
+        """Also the probe for "is this ComfyUI?": anything unexpected is a ProtocolError.
+        ``retry=False`` for health probes, which have their own backoff."""
+        status, body = await self._send("GET", "/system_stats", retry=retry)
         if status in (404, 405):
             raise ProtocolError(f"{self.url} {_NOT_COMFY}: GET /system_stats -> HTTP {status}", url=self.url)
         if status != 200:

@@ -42,11 +42,12 @@ def test_record_and_read_back(tmp_path):
     journal.close()
 
 
-def test_record_twice_keeps_the_first(tmp_path):
+def test_record_twice_keeps_the_first_but_follows_the_server(tmp_path):
+    """A resubmission (failover) moves the row to the new server, so resume looks there."""
     journal = Journal(tmp_path / "j.sqlite")
     journal.record("p", server="http://a", prompt=PROMPT, tags=TAGS)
     journal.record("p", server="http://b", prompt={}, tags=TAGS)
-    assert journal.get("p").server == "http://a" and journal.prompt("p") == PROMPT
+    assert journal.get("p").server == "http://b" and journal.prompt("p") == PROMPT
 
 
 def test_terminal_states_are_not_overwritten_by_late_updates(tmp_path):

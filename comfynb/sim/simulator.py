@@ -138,6 +138,18 @@ class Simulator:
                 await up
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
+    def partition(self, downtime: float) -> None:
+        """Cut the network for ``downtime`` s: connections refused and dropped, but unlike
+        :meth:`restart` the server keeps running its queue and keeps its history.
+
+        Returns like :meth:`restart`: from another thread, once the server is reachable again.
+        """
+        up = self._on_loop(lambda: self._go_down(downtime, forget=False))
+        if not self._on_loop_thread():
+            async def back_up() -> None:
+                await up
+            asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
+
     def drop_sockets(self) -> None:
         """Close every WebSocket (no close frame, as a network drop would)."""
         def drop() -> None:
@@ -161,15 +173,16 @@ class Simulator:
         self.port = self._listener.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
 
-    def _go_down(self, downtime: float) -> asyncio.Task:
-        self.faults.counts["restart"] += 1
+    def _go_down(self, downtime: float, forget: bool = True) -> asyncio.Task:
+        self.faults.counts["restart" if forget else "partition"] += 1
         self._listener.close()
         self.hub.drop_all()
         for connection in self._runner.server.connections:
             connection.force_close()
-        self._retired.append(self.engine)
-        self.engine.abandon()
-        self._fresh_state()
+        if forget:
+            self._retired.append(self.engine)
+            self.engine.abandon()
+            self._fresh_state()
         if self._coming_up is not None:
             self._coming_up.cancel()            # restarted again while down: the later one wins
         self._coming_up = self._spawn(self._come_up(downtime))
