@@ -13,7 +13,7 @@ import struct
 from comfynb.sim import Simulator
 
 from .live import Live
-from .trace import assert_same, compare_http, http_records, load, norm_socket, socket_frames, with_client
+from .trace import assert_http_conforms, assert_socket_conforms, load, socket_frames, with_client
 
 TRACE = load("i")
 
@@ -38,9 +38,8 @@ async def test_i_ws_image_binary():
         await m.close()
 
     for label in ("A", "M"):
-        assert_same(norm_socket(live.records, label), norm_socket(TRACE.records, label), label)
-    exp, act = compare_http(TRACE.http(), http_records(live.records))
-    assert_same(act, exp, "HTTP")
+        assert_socket_conforms(live.records, TRACE.records, label)
+    assert_http_conforms(TRACE.records, live.records)
 
     png = b"\x89PNG\r\n\x1a\n"
     for rec in socket_frames(live.records, "A"):

@@ -626,3 +626,14 @@ def status_before_start(norm: list[str]) -> list[str]:
             prev = norm[i - 1].split("{")[0] if i else "<nothing>"
             out.append(f"{prev} -> execution_start {s.split(' ')[1]}")
     return out
+
+
+def assert_socket_conforms(live: list[dict], trace: list[dict], label: str, **norm) -> None:
+    """One socket's frames, normalised the same way on both sides, must match the trace."""
+    assert_same(norm_socket(live, label, **norm), norm_socket(trace, label, **norm), label)
+
+
+def assert_http_conforms(trace: list[dict], live: list[dict], **compare) -> None:
+    """Every HTTP exchange of the scenario must match the trace's, pairwise."""
+    exp, act = compare_http(http_records(trace), http_records(live), **compare)
+    assert_same(act, exp, "HTTP")
