@@ -23,42 +23,39 @@ SIM_CHUNK = "comfynb_sim"
 
 
 @dataclass
-class ImageBatch:
-    """IMAGE: RGB frames of one size (ComfyUI's [B,H,W,3] float tensor) with per-frame generation params."""
+class _Frames:
+    """A batch of equally sized frames, printed like the torch tensor it stands for (trace e's
+    ``execution_error.current_inputs``)."""
 
     frames: list[Image.Image]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size
+
+
+@dataclass
+class ImageBatch(_Frames):
+    """IMAGE: RGB frames of one size (ComfyUI's [B,H,W,3] float tensor) with per-frame generation params."""
+
     params: list[dict | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.params:
             self.params = [None] * len(self.frames)
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.frames[0].size
-
     def __str__(self) -> str:
-        # execution_error.current_inputs shows inputs the way torch prints them (trace e).
         w, h = self.size
         return tensor_str((len(self.frames), h, w, 3),
                           lambda i: self.frames[i[0]].getpixel((i[2], i[1]))[i[3]] / 255)
 
 
 @dataclass
-class MaskBatch:
+class MaskBatch(_Frames):
     """MASK: single-channel frames ("L", 0..255 standing for 0..1), ComfyUI's [B,H,W] tensor."""
-
-    frames: list[Image.Image]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.frames[0].size
 
     def __str__(self) -> str:
         w, h = self.size
