@@ -35,6 +35,10 @@ Failover: every job keeps exactly one result
       ``history_frame`` keeps one row per prompt_id, the session's own attribution first, then
       a success, then the earliest finish.
 
+    A server down for ``give_up_after`` seconds ends the jobs it still holds (none could go
+    elsewhere) as ``lost``, and its copies are dropped like orphans' if it comes back; jobs waiting
+    client-side end the same way once every server has been down that long. So every job ends.
+
     A job ends once (the first settlement wins), so it can never get two results; what cannot be
     prevented is that a server cut off from us but still working runs a moved prompt during the
     outage. Once it is back, nothing of ours runs there twice. The journal follows a moved job to
@@ -60,17 +64,16 @@ from .errors import (
     JobLost,
     ProtocolError,
     Timeout,
-    TransportError,
 )
+from .server import DOWN, UP, Server, discard
 from .tracker import CANCELLED, ERROR, INTERRUPTED, LOST, SUCCESS, PromptState
 from .transport import _split_url
 
 if TYPE_CHECKING:
-    from .session import Session, _Server
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
-STARTING, UP, DOWN = "starting", "up", "down"
 AUTO_INFLIGHT = 2  # per server when there are several: one running, one queued behind it
 _MAX_PROBE_DELAY = 5.0
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".pkl")
@@ -125,7 +128,7 @@ def _options(spec: Any) -> frozenset | None:
     return None
 
 
-async def read_capabilities(server: _Server) -> Capabilities:
+async def read_capabilities(server: Server) -> Capabilities:
     """A server's capabilities; if ``/object_info`` cannot be read, it is assumed to have everything."""
     try:
         return Capabilities(await server.transport.object_info())
@@ -161,9 +164,9 @@ def per_server(value: Any, urls: list[str], name: str, default: Any) -> list:
 class Pool:
     """Dispatch, health and failover for a session's servers (see the module docstring)."""
 
-    def __init__(self, session: Session, servers: list[_Server], *, weights: Any = None,
+    def __init__(self, session: Session, servers: list[Server], *, weights: Any = None,
                  max_inflight: Any = "auto", capabilities: bool | None = None, down_after: float = 5.0,
-                 failover_after: float = 30.0):
+                 failover_after: float = 30.0, give_up_after: float | None = 300.0):
         urls = [s.url for s in servers]
         if len(set(urls)) != len(urls):
             raise ValueError("the same server URL is given twice")
@@ -183,8 +186,9 @@ class Pool:
         self.route = several if capabilities is None else bool(capabilities)
         self.down_after = down_after
         self.failover_after = failover_after
+        self.give_up_after = give_up_after
         self.pending: collections.deque[PromptState] = collections.deque()
-        self.assigned: dict[str, _Server] = {}  # prompt_id -> the server holding its live copy
+        self.assigned: dict[str, Server] = {}  # prompt_id -> the server holding its live copy
         self._routes: dict[str, tuple[int, Any]] = {}  # prompt_id -> (generation, servers able | error)
         self._generation = 0  # bumped when a server's capabilities change
         self._started = False
@@ -204,7 +208,7 @@ class Pool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def up(self) -> list[_Server]:
+    def up(self) -> list[Server]:
         return [s for s in self.servers if s.health == UP]
 
     def concurrency(self) -> int:
@@ -232,6 +236,14 @@ class Pool:
             while self.pending:
                 self.session._settle_unsent(self.pending.popleft(), error)
             return
+        if self._gone():
+            while self.pending:
+                state = self.pending.popleft()
+                self._routes.pop(state.prompt_id, None)
+                self.session._settle_unsent(state, JobLost(
+                    f"every server has been down for {self.give_up_after:g} s ({_down(self.servers)}), so "
+                    f"prompt {state.prompt_id} was given up"), status=LOST)
+            return
         free = [s for s in self.up() if s.limit is None or s.load < s.limit]
         skipped = []
         while free and self.pending:
@@ -254,12 +266,18 @@ class Pool:
                 free.remove(server)
         self.pending.extendleft(reversed(skipped))
 
-    def _send(self, state: PromptState, server: _Server) -> None:
+    def _gone(self) -> bool:
+        """Every server has been down for ``give_up_after`` s."""
+        now = time.monotonic()
+        return self.give_up_after is not None and all(
+            s.health == DOWN and now - s.down_since >= self.give_up_after for s in self.servers)
+
+    def _send(self, state: PromptState, server: Server) -> None:
         self.assign(state, server)
         state.posting = True
         server.spawn(server.submit(state), state)
 
-    def assign(self, state: PromptState, server: _Server) -> None:
+    def assign(self, state: PromptState, server: Server) -> None:
         """Count a job against a server (dispatch, or a job adopted by ``resume``)."""
         self.assigned[state.prompt_id] = server
         server.load += 1
@@ -282,7 +300,7 @@ class Pool:
                 ran.failed += 1
         self.pump()
 
-    def _able(self, state: PromptState) -> list[_Server] | CapabilityError:
+    def _able(self, state: PromptState) -> list[Server] | CapabilityError:
         """The servers that can run a job (all of them without routing), cached per capability change."""
         if not self.route:
             return self.servers
@@ -304,12 +322,12 @@ class Pool:
 
     # -- health --------------------------------------------------------------------------------------
 
-    def unreachable(self, server: _Server, error: BaseException) -> None:
+    def unreachable(self, server: Server, error: BaseException) -> None:
         """A POST failed in transit. The job stays where it is (the server may have it):
         reconciliation finds it when the server rejoins, or failover moves it."""
         self._mark_down(server, error)
 
-    def _mark_down(self, server: _Server, error: BaseException) -> None:
+    def _mark_down(self, server: Server, error: BaseException) -> None:
         server.error = error
         if server.health == DOWN:
             return
@@ -318,7 +336,7 @@ class Pool:
         log.warning("%s is down (%s); %d job(s) there wait for it, or move after %g s",
                     server.url, error, held, self.failover_after)
 
-    def _mark_up(self, server: _Server) -> None:
+    def _mark_up(self, server: Server) -> None:
         rejoined = server.ever_up
         server.health, server.ever_up = UP, True
         server.down_since = server.silent_since = None
@@ -328,7 +346,7 @@ class Pool:
             server.request_reconcile()
         self.pump()
 
-    async def _bring_up(self, server: _Server) -> bool:
+    async def _bring_up(self, server: Server) -> bool:
         """Probe, connect, read capabilities, clean up orphans; ``up`` only if all of that worked."""
         try:
             await server.start()
@@ -363,8 +381,12 @@ class Pool:
                         self._spawn(self._recover(server))
                     if now - server.down_since >= self.failover_after:
                         self._failover(server)
+                    if self.give_up_after is not None and now - server.down_since >= self.give_up_after:
+                        self._give_up(server)
+            if self.pending:
+                self.pump()  # jobs waiting client-side end if every server has been down too long
 
-    async def _check(self, server: _Server) -> None:
+    async def _check(self, server: Server) -> None:
         """The socket has been closed for a while: does the server still answer HTTP?"""
         server.probing = True
         try:
@@ -375,7 +397,7 @@ class Pool:
         finally:
             server.probing = False
 
-    async def _recover(self, server: _Server) -> None:
+    async def _recover(self, server: Server) -> None:
         """Probe a down server with backoff until it is back."""
         server.probing = True
         delay = self.session.backoff
@@ -388,7 +410,7 @@ class Pool:
 
     # -- failover --------------------------------------------------------------------------------------
 
-    def _failover(self, server: _Server) -> None:
+    def _failover(self, server: Server) -> None:
         """Move the jobs of a server down for too long to servers that can run them."""
         for state in server.tracker.unfinished():
             if state.posting or state.finalizing:
@@ -399,18 +421,33 @@ class Pool:
             self.resubmit(state, server, reason=f"{server.url} has been down for {self.failover_after:g} s",
                           orphan=True)
 
-    def resubmit(self, state: PromptState, server: _Server, *, reason: str, orphan: bool) -> bool:
+    def _give_up(self, server: Server) -> None:
+        """End the jobs of a server down for too long that no other server took: lost. Should it
+        come back, it drops its copies (as for jobs moved away) before it gets new work."""
+        for state in server.tracker.unfinished():
+            if state.posting or state.finalizing:
+                continue  # ends soon, as failed or finished, and is looked at again next time
+            server.tracker.forget(state.prompt_id)
+            server.orphans[state.prompt_id] = state
+            server.settle(state, LOST, error=JobLost(
+                f"{server.url} has been down for {self.give_up_after:g} s ({server.error}) and no other "
+                f"server took prompt {state.prompt_id}; it was given up"))
+
+    def resubmit(self, state: PromptState, server: Server, *, reason: str, orphan: bool) -> bool:
         """Queue a job again, to go wherever there is room (False: another process sharing the
         journal did that already). ``orphan``: the old server may still hold a copy, to be
         cleaned up when it rejoins."""
         session = self.session
-        if state.cancel_requested:
-            server.settle(state, CANCELLED, error=Cancelled(f"job {state.prompt_id} was cancelled"))
-            return True
-        if state.attempts >= session.max_attempts:
-            server.settle(state, LOST, error=JobLost(
-                f"prompt {state.prompt_id} could not be run: {reason}, after {state.attempts} submission(s) "
-                f"(max_attempts={session.max_attempts})"))
+        if state.cancel_requested or state.attempts >= session.max_attempts:
+            if orphan:  # it ends here, but its copy there must still go when the server rejoins
+                server.tracker.forget(state.prompt_id)
+                server.orphans[state.prompt_id] = state
+            if state.cancel_requested:
+                server.settle(state, CANCELLED, error=Cancelled(f"job {state.prompt_id} was cancelled"))
+            else:
+                server.settle(state, LOST, error=JobLost(
+                    f"prompt {state.prompt_id} could not be run: {reason}, after {state.attempts} submission(s) "
+                    f"(max_attempts={session.max_attempts})"))
             return True
         if session.journal is not None and not session.journal.may_resubmit(state):
             return False
@@ -426,7 +463,7 @@ class Pool:
         self.pump()
         return True
 
-    async def _reclaim(self, server: _Server) -> None:
+    async def _reclaim(self, server: Server) -> None:
         """On a rejoining server, remove the copies of jobs moved away, or take a result it has."""
         while server.orphans:  # more may be moved away while we look
             ids = list(server.orphans)
@@ -443,8 +480,10 @@ class Pool:
                         self._adopt_result(state, server, entry)
                 del server.orphans[pid]
 
-    def _adopt_result(self, state: PromptState, server: _Server, entry: dict) -> None:
+    def _adopt_result(self, state: PromptState, server: Server, entry: dict) -> None:
         """The old server delivered after all: the job takes that result; the other copy goes."""
+        if state.done:  # the other copy ended it while we read this history
+            return
         other = self.assigned.get(state.prompt_id)
         log.info("%s finished %s while it was cut off; keeping that result", server.url, state.prompt_id)
         state.server = server.url
@@ -485,21 +524,14 @@ class Pool:
             log.error("internal error in comfynb (please report)", exc_info=task.exception())
 
 
-def _score(server: _Server) -> float:
+def _down(servers: list[Server]) -> str:
+    return "; ".join(f"{s.url}: {s.error}" for s in servers)
+
+
+def _score(server: Server) -> float:
     """Outstanding work after one more prompt, per unit of weight."""
     outstanding = max(server.load, server.tracker.queue_remaining or 0)
     return (outstanding + 1) / server.weight
-
-
-async def discard(server: _Server, prompt_id: str) -> None:
-    """Remove a copy we no longer want from a server: delete it if queued, interrupt it if running."""
-    try:
-        await server.transport.delete_queued([prompt_id])
-        running, _ = await server._queue()
-        if prompt_id in running:
-            await server.transport.interrupt(prompt_id)
-    except (TransportError, Timeout) as exc:
-        log.warning("could not remove the extra copy of %s from %s: %s", prompt_id, server.url, exc)
 
 
 def merge_rows(rows: Iterable[dict], prefer: Mapping[str, str | None] | None = None) -> list[dict]:

@@ -303,8 +303,17 @@ class Sweep:
         return self
 
     def _crashed(self, fut: concurrent.futures.Future) -> None:
-        if not fut.cancelled() and fut.exception() is not None and not self._done.done():
+        if fut.cancelled() or fut.exception() is None:
+            return
+        if not self._done.done():
             self._done.set_exception(fut.exception())
+        _loop.get_loop().call_soon_threadsafe(self._end_held, fut.exception())
+
+    def _end_held(self, error: BaseException) -> None:
+        """Sending rows failed: the rows never sent end with that error instead of waiting forever."""
+        for job in self.jobs:
+            if job is not None and job._state.body is None and not job.done():
+                self.session._settle_unsent(job._state, error)
 
     async def _adopt_all(self, sent: Mapping[int, Submission]) -> None:
         await asyncio.wrap_future(self.session._started)

@@ -110,6 +110,7 @@ class Tracker:
         self.queue_remaining: int | None = None
         self.shrink_at: float | None = None  # queue shrank while ours ran, no completion since
         self.preview_metadata = False  # the server confirmed type-4 previews for this socket
+        self.heard_at = time.monotonic()  # the last event for one of our prompts
 
     def register(self, state: PromptState) -> None:
         self.jobs[state.prompt_id] = state
@@ -147,6 +148,7 @@ class Tracker:
             return
         if state.done:
             return
+        self.heard_at = time.monotonic()
         state.events += 1
         state.last_event = kind
         state.last_event_at = time.time()

@@ -165,12 +165,14 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._session_pid: int | None = None
+        self._closed = False  # closed: a later call (an image read lazily) gets a session of its own
 
     def __repr__(self) -> str:
         hidden = " (credentials hidden)" if self._headers else ""
         return f"<Transport {self.url}{hidden}>"
 
     async def close(self) -> None:
+        self._closed = True
         session, self._session = self._session, None
         if session is not None and self._session_pid == os.getpid():
             await session.close()
@@ -185,16 +187,19 @@ class Transport:
             _INHERITED.append(self._session)
             self._session = None
         if self._session is None or self._session.closed:
-            t = self.timeouts
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read),
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
-            )
+            self._session = self._new_session()
             self._session_loop, self._session_pid = loop, os.getpid()
         elif self._session_loop is not loop:
             raise RuntimeError("a Transport is bound to the event loop it first ran on (comfynb's private loop)")
         return self._session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        t = self.timeouts
+        return aiohttp.ClientSession(
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read),
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+        )
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -256,7 +261,13 @@ class Transport:
         retry: bool,
     ) -> tuple[int, bytes]:
         """One call with bounded retries; returns (status, body) of the last answer."""
-        session = self._client()
+        if self._closed:
+            async with self._new_session() as session:
+                return await self._attempts(session, method, path, params=params, json=json, form=form, retry=retry)
+        return await self._attempts(self._client(), method, path, params=params, json=json, form=form, retry=retry)
+
+    async def _attempts(self, session: aiohttp.ClientSession, method: str, path: str, *, params: dict | None,
+                        json: Any, form: Callable[[], aiohttp.FormData] | None, retry: bool) -> tuple[int, bytes]:
         url = self.url + path
         attempts = 1 + self.retries if retry else 1
         attempt = 0

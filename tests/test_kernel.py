@@ -66,7 +66,7 @@ def kernel():
         yield Kernel(client)
     finally:
         client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        manager.shutdown_kernel()  # gracefully: the kernel's exit removes what it left (simulator folders)
 
 
 def text(outputs: list[dict]) -> str:
@@ -115,6 +115,7 @@ def test_sync_and_async_waiting_mixed_in_a_kernel(kernel):
                          "      len(list(cn.as_completed(again, timeout=30))),\n"
                          "      [j.status async for j in cn.as_completed(again, timeout=30)])")
     assert text(outputs) == "success ['success', 'success', 'success'] success 3 " + str(["success"] * 3) + "\n"
+    kernel.run("session.close()")
 
 
 def test_rich_display_and_bounded_widget_traffic(kernel):

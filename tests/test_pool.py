@@ -8,11 +8,12 @@ import contextlib
 import json
 import socket
 import threading
+import time
 import urllib.request
 
 import pytest
 
-from comfynb import CapabilityError, Cancelled, Interrupted, Session, Timeouts, Workflow, as_completed
+from comfynb import CapabilityError, Cancelled, Interrupted, JobLost, Session, Timeouts, Workflow, as_completed
 from comfynb.frames import history_frame
 from comfynb.pool import Capabilities, merge_rows
 from comfynb.sim import Simulator
@@ -365,3 +366,100 @@ def test_merge_rows_keeps_one_row_per_prompt():
     ]
     assert {(r["prompt_id"], r["server"]) for r in merge_rows(rows)} == {("p", "b"), ("q", "b")}
     assert {(r["prompt_id"], r["server"]) for r in merge_rows(rows, {"q": "a"})} == {("p", "b"), ("q", "a")}
+
+
+def test_a_reconciliation_under_way_when_jobs_move_leaves_them_alone(start, connect):
+    """A down server may still answer HTTP. A reconciliation of it that started before its jobs
+    moved elsewhere must not act on them when it hears back: no second submission, no lookup."""
+    a, b = start(node_times={"KSampler": 1.5}), start(node_times={"KSampler": 1.5})
+    session = connect([a.url, b.url], weights={a.url: 100}, max_inflight=None, failover_after=0.5)
+    jobs = [session.submit(txt2img(seed)) for seed in range(3)]
+    wait_until(lambda: all(job.status in ("queued", "running") for job in jobs))
+    a.faults.update(http_errors={"/prompt": 1.0, "/system_stats": 1.0})  # a refuses prompts and probes
+    jobs.append(session.submit(txt2img(3)))  # its POST fails: a is down, and never got this prompt
+    wait_until(lambda: state_of(session, a.url) == "down")
+    assert {job.server for job in jobs} == {a.url}
+    a.faults.update(latency=1.0)  # what a says from now on arrives after the failover
+    a.drop_sockets()  # the socket reconnects: a reconciliation of a starts
+    for seed, job in enumerate(jobs):
+        assert seed_of(job) == seed
+        assert job.server == b.url and job.result().server == b.url and job.attempts == 2, job
+    assert b.engine.counter == len(jobs)  # each prompt was sent to b once
+
+
+def test_jobs_end_within_a_bound_when_every_server_is_gone(connect):
+    """The only server goes away for good: the jobs it holds and those waiting client-side end
+    as lost once it has been down for ``give_up_after`` s, instead of waiting forever."""
+    sim = Simulator(node_times={"KSampler": 0.5})
+    with sim.running():
+        session = connect([sim.url], max_inflight=2, give_up_after=1.0)
+        jobs = [session.submit(txt2img(seed)) for seed in range(4)]
+        wait_until(lambda: [job.status for job in jobs] == ["running", "queued", "pending", "pending"])
+    started = time.monotonic()
+    late = session.submit(txt2img(9))
+    for job in as_completed(jobs + [late], timeout=WAIT):
+        with pytest.raises(JobLost, match="been down for 1 s") as info:
+            job.result()
+        assert job.status == "lost" and sim.url in str(info.value)
+    assert time.monotonic() - started < 1.0 + 2.0
+
+
+def test_cancelling_a_moved_job_that_waits_client_side_is_journalled(start, connect, tmp_path):
+    """A job moved off a down server waits client-side for room; cancelled there, its journal row
+    says so (else a later resume would find it unfinished and send it again)."""
+    from comfynb.journal import Journal
+
+    a, b = start(node_times={"KSampler": 1.0}), start(node_times={"KSampler": 1.0})
+    journal = tmp_path / "j.sqlite"
+    session = connect([a.url, b.url], weights={a.url: 100}, max_inflight={a.url: 4, b.url: 1}, journal=journal)
+    jobs = [session.submit(txt2img(seed)) for seed in range(3)]
+    wait_until(lambda: all(job.status in ("queued", "running") for job in jobs))
+    assert {job.server for job in jobs} == {a.url}
+    restart = in_background(a.restart, 1.5)
+    wait_until(lambda: sum(job.attempts == 1 and job.server is None for job in jobs) == 2)
+    waiting = next(job for job in jobs if job.server is None)
+    waiting.cancel()
+    with pytest.raises(Cancelled):
+        waiting.result(WAIT)
+    record = Journal(journal)
+    wait_until(lambda: record.get(waiting.prompt_id).state == "cancelled")  # written just after it ends
+    record.close()
+    restart.join()
+
+
+def test_a_job_cancelled_while_its_server_is_cut_off_does_not_run_there_later(start, connect):
+    """The cancel cannot reach the server (cut off), so failover ends the job as cancelled; when
+    the server is back, its queued copy is deleted like any moved job's, not left to run."""
+    a, b = start(node_times={"KSampler": 2.0}), start()
+    session = connect([a.url, b.url], weights={a.url: 100}, max_inflight={a.url: 4, b.url: 2})
+    first, second = session.submit(txt2img(1)), session.submit(txt2img(2))
+    wait_until(lambda: (first.status, second.status) == ("running", "queued"))
+    cut = in_background(a.partition, 1.0)  # unreachable, but it keeps its queue and runs it
+    wait_until(lambda: state_of(session, a.url) == "down")
+    second.cancel()
+    with pytest.raises(Cancelled):
+        second.result(WAIT)
+    assert seed_of(first) == 1
+    cut.join()
+    wait_until(lambda: state_of(session, a.url) == "up" and a.engine.remaining() == 0)
+    assert second.prompt_id not in history(a.url) and second.prompt_id not in history(b.url)
+
+
+def test_a_result_read_from_a_rejoining_server_does_not_replace_the_one_the_job_already_has(start, connect):
+    """A job moved off a cut-off server finishes where it moved to while the server, rejoining,
+    reads its own finished copy: the job keeps its one result, server and history (the later read
+    is dropped), so job.server is where job.result() came from."""
+    a, b = start(node_times={"KSampler": 1.0}), start(node_times={"KSampler": 4.05})
+    session = connect([a.url, b.url], weights={a.url: 100})
+    job = session.submit(txt2img(1))
+    wait_until(lambda: job.status == "running")
+    a.faults.update(http_errors={"/system_stats": 1.0, "/ws": 1.0})  # no socket, no probe: a is down
+    a.drop_sockets()
+    wait_until(lambda: state_of(session, a.url) == "down")
+    threading.Event().wait(0.4)  # the job moves to b; a finishes its own copy meanwhile
+    a.faults.update(http_errors={}, latency=0.8)  # a rejoins, slowly: b finishes while a's history is read
+    assert seed_of(job) == 1
+    wait_until(lambda: state_of(session, a.url) == "up")
+    assert job.attempts == 2 and job.prompt_id in history(a.url) and job.prompt_id in history(b.url)
+    assert job.server == job.result().server == b.url
+    assert job.history is job.result().history

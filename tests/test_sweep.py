@@ -322,3 +322,16 @@ async def test_async_upload_and_history_frame(session, txt2img):
     sweep = session.sweep(txt2img, grid={"KSampler.seed": [1, 2]}, tag="async")
     df = await sweep
     pd.testing.assert_frame_equal(await session.ahistory_frame(tag="async"), df)
+
+
+def test_a_sweep_whose_sender_fails_ends_every_row(txt2img):
+    """Should sending rows fail half-way (here: the session's API key turns up in every row's
+    tags, which are refused), the rows not sent end with that error instead of staying pending."""
+    with Session.simulated(headers={"X-Api-Key": "index"}, progress=False) as session:
+        sweep = session.sweep(txt2img, grid={"KSampler.seed": range(4)}, concurrency=2)
+        with pytest.raises(ValueError, match="credential"):
+            sweep.result(timeout=30)
+        for job in sweep.jobs:
+            with pytest.raises(ValueError, match="credential"):
+                job.result(timeout=30)
+            assert job.status == "error"

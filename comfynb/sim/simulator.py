@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -56,6 +57,7 @@ class Simulator:
         self._tasks: set[asyncio.Task] = set()
         self._retired: list[Engine] = []
         self._coming_up: asyncio.Task | None = None
+        self._remove_root: weakref.finalize | None = None
 
     @property
     def checkpoints(self) -> list[str]:
@@ -67,6 +69,8 @@ class Simulator:
         self._loop = asyncio.get_running_loop()
         self.root = (Path(tempfile.mkdtemp(prefix="comfynb-sim-")) if self._root_arg is None
                      else Path(self._root_arg))
+        if self._root_arg is None:  # removed by stop(), or at exit if stop() never came
+            self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.files = Files(self.root)
         self.nodes = default_nodes(self._checkpoint_names, self.files.dirs["input"])
         self._fresh_state()
@@ -98,8 +102,8 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._root_arg is None and self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._remove_root is not None:
+            self._remove_root()
 
     async def __aenter__(self) -> "Simulator":
         return await self.start()

@@ -97,3 +97,33 @@ def test_muted_socket_is_detected_and_replaced(make_session):
     wait_until(lambda: session._servers[0].connection.connects > before)
     heard = run_all(session, range(4, 6))
     assert all(job.last_event == "executing" for job in heard)  # the new socket hears the end again
+
+
+async def test_jobs_that_hear_nothing_end_although_other_clients_keep_the_socket_busy(make_session):
+    """Every message of our prompts is lost, yet the socket never falls silent: another client's
+    prompts keep `status` broadcasts coming. Our jobs still end, from the server's record."""
+    session = make_session(faults={"drop": {"*": 1.0}})
+    other = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    stop = asyncio.Event()
+
+    async def other_client():
+        color = 0
+        while not stop.is_set():
+            color += 1
+            other["1"]["inputs"]["color"] = color
+            await post_raw(session.simulator.url, other)
+            await asyncio.sleep(0.05)
+
+    async def outcome(job):
+        return await job
+
+    busy = asyncio.create_task(other_client())
+    try:
+        jobs = [session.submit(txt2img(seed)) for seed in range(3)]
+        for seed, job in enumerate(jobs):
+            assert params_of(await asyncio.wait_for(outcome(job), 10))["seed"] == seed
+    finally:
+        stop.set()
+        await busy
+    assert session.simulator.faults.counts["drop"] > 0 and all(job.events == 0 for job in jobs)

@@ -24,7 +24,7 @@ from comfynb import (
 )
 from comfynb.sim.library import load_workflow
 
-from .conftest import WAIT, params_of, txt2img
+from .conftest import FAST, WAIT, params_of, txt2img
 
 
 def test_results_carry_their_own_parameters(make_session):
@@ -312,3 +312,65 @@ def test_outputs_dropped_on_validation_are_reported_but_the_rest_runs(make_sessi
     job = session.submit(graph)
     result = job.result(WAIT)
     assert "4" in job.node_errors and "4" not in result.outputs and "3" in result.outputs
+
+
+async def _comfynb_tasks() -> list:
+    me = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not me and "comfynb" in repr(t.get_coro())]
+
+
+def test_closing_while_submitting_and_completing_ends_every_job_and_leaves_nothing_running(caplog):
+    """Threads keep submitting (a big graph: each submit takes a while) while events keep arriving,
+    and the session is closed: every job it returned ends, nothing of it runs on afterwards (no
+    task on a closed transport, no 'internal error')."""
+    from comfynb import ComfyError, _loop
+
+    caplog.set_level(logging.WARNING, logger="comfynb")
+    graph = txt2img(1).to_api()
+    graph.update({f"x{i}": {"class_type": "PrimitiveInt", "inputs": {"value": i}} for i in range(20000)})
+    small = txt2img(2)
+    for _ in range(4):
+        session = Session.simulated(**FAST)
+        returned: list = []
+
+        def hammer(workflow):
+            while True:
+                try:
+                    returned.append(session.submit(workflow))
+                except ComfyError:
+                    return
+
+        threads = [threading.Thread(target=hammer, args=(wf,)) for wf in (graph, graph, small)]
+        for thread in threads:
+            thread.start()
+        threading.Event().wait(0.2)
+        session.close()
+        for thread in threads:
+            thread.join()
+        threading.Event().wait(0.3)
+        assert all(job.done() for job in returned), [job.status for job in returned if not job.done()]
+        assert _loop.run_sync(_comfynb_tasks()) == []
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_image_fetched_after_close_leaves_no_http_session_open():
+    """Results hold lazy references: one read after the session closed still works, and the HTTP
+    session it needed is closed again (not left for the garbage collector to complain about)."""
+    from comfynb.sim import Simulator
+
+    with Simulator().running() as sim:
+        session = Session(sim.url, **FAST)
+        result = session.submit(txt2img(1)).result(WAIT)
+        session.close()
+        assert params_of(result)["seed"] == 1  # downloaded now
+        assert all(server.transport._session is None for server in session._servers)
+
+
+def test_headers_that_are_not_credentials_do_not_block_tags(make_session):
+    """Only credential-carrying headers are kept out of tags: ``X-Mode: true`` must not refuse a
+    tag holding ``True`` (JSON ``true``), while the API key's value is refused."""
+    session = make_session(headers={"X-Mode": "true", "X-Api-Key": "k3y-value-123"})
+    job = session.submit(txt2img(7), tags={"flag": True})
+    assert job.result(timeout=WAIT).status == "success"
+    with pytest.raises(ValueError, match="credential"):
+        session.submit(txt2img(8), tags={"note": "k3y-value-123"})

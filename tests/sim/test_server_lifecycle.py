@@ -77,3 +77,25 @@ async def test_node_and_step_times(http):
         for i in range(20):
             await run(http, sim.url, a, tiny(10 + i))
         assert time.perf_counter() - start < 2.0
+
+
+def test_its_own_folder_goes_at_exit_even_if_never_stopped(tmp_path):
+    """A script (or a kernel shut down) that never closes its simulated session leaves no
+    comfynb-sim-* folder behind in the temporary directory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import comfynb as cn\n"
+              "from comfynb.sim.library import load_workflow\n"
+              "session = cn.Session.simulated(progress=False)\n"
+              "session.submit(load_workflow('default_txt2img')).result(30)\n"
+              "print(session.simulator.root, flush=True)\n")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=repo,
+                          env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    root = Path(done.stdout.strip())
+    assert root.parent == tmp_path and root.name.startswith("comfynb-sim-")
+    assert not root.exists()
