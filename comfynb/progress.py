@@ -96,6 +96,7 @@ class Snapshot:
         self.elapsed = (now if self.open else tally.last_end or now) - tally.started
         self.rate = self.ended / self.elapsed if self.ended and self.elapsed > 0 else None
         self.eta = self.open / self.rate if self.rate else None
+        self.down = [url for session in tally.sessions for url in session.down_servers()]
 
 
 class Tally:
@@ -112,6 +113,7 @@ class Tally:
         self._open: list[Job] = []
         self._late: list[tuple[Sweep, int]] = []  # rows of a resumed sweep whose job is not made yet
         self._seen: set[str] = set()
+        self.sessions: list = []  # whose servers' health the view shows
         self._on_job = on_job
         self._lock = threading.Lock()
 
@@ -143,6 +145,7 @@ class Tally:
             if "sweep:" + item.sweep_id in self._seen:
                 return
             self._seen.add("sweep:" + item.sweep_id)
+            self.watch(item.session)
             self.items.append(item)
             self.total += len(item)
             for index, job in enumerate(list(item.jobs)):
@@ -156,6 +159,11 @@ class Tally:
                 self._add(each, new)
         else:
             raise TypeError(f"progress follows jobs and sweeps, not {type(item).__name__}")
+
+    def watch(self, session: Any) -> None:
+        """Show which of ``session``'s servers are down."""
+        if session is not None and all(session is not s for s in self.sessions):
+            self.sessions.append(session)
 
     def _joined(self, job: Job) -> None:
         with self._lock:
@@ -260,6 +268,8 @@ def tally_details(snap: Snapshot) -> list[str]:
             parts.append(f"{snap.rate:.1f}/s · ETA {clock(snap.eta)}")
     else:
         parts.append(_display.seconds(snap.elapsed))
+    if snap.down:
+        parts.append(f"{len(snap.down)} server(s) down: {', '.join(snap.down)}")
     return parts
 
 
@@ -627,7 +637,7 @@ def announce(session: Any, item: Job | Sweep) -> None:
         if mode is None:
             return
         if mode == "text":
-            _text(item)
+            _text(item).tally.watch(session)
             return
         shell = _kernel_shell()
         with _lock:
@@ -635,10 +645,10 @@ def announce(session: Any, item: Job | Sweep) -> None:
                 shell.events.register("pre_run_cell", _next_cell)
                 _cell_hooked = True
             if shell is not None and _cell_view is not None and _cell_view[0] == _cell:
-                _cell_view[1].add(item)
+                _cell_view[1].add(item).tally.watch(session)
                 return
             view = WidgetView()
-            view.add(item)
+            view.add(item).tally.watch(session)
             if shell is not None:
                 _cell_view = (_cell, view)
         from IPython.display import display

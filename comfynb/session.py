@@ -31,7 +31,7 @@ from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
 from .pool import Pool
-from .server import UP, Server, settle_once
+from .server import DOWN, UP, Server, settle_once
 from .tracker import CANCELLED, ERROR, PromptState
 from .transport import Timeouts, Transport
 from .workflow import Workflow
@@ -431,6 +431,10 @@ class Session:
         columns = ["prompt_id", "status", "server", "server_state", "age", "last_event", "since_event", "events",
                    "attempts", "number", "nodes", "step", "tags", "error"]
         return pd.DataFrame(rows, columns=columns)
+
+    def down_servers(self) -> list[str]:
+        """URLs of the servers marked down right now; cheap enough for a progress view to ask often."""
+        return [s.url for s in self._servers if s.health == DOWN]
 
     def servers(self):
         """A pandas DataFrame with one row per server: url, state (up/down), inflight (our prompts

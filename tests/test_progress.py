@@ -268,3 +268,17 @@ def test_view_repr_is_its_line(make_session):
     view = TextView()
     view.add(job)
     assert repr(view) == f"<TextView {job_line(job, time.time())}>"
+
+
+def test_views_say_which_servers_are_down(make_session):
+    """A sweep's view names a server of its session that is marked down, and stops once it is back."""
+    session = make_session(n=2, down_after=0.2, node_times={"KSampler": 0.05})
+    sweep = session.sweep(txt2img(seed=1), grid={"KSampler.seed": range(8)})
+    view = comfynb.progress(sweep, mode="text")
+    dead = session.simulators[1]
+    dead.partition(downtime=1.5)
+    until(lambda: dead.url in session.down_servers())
+    assert f"1 server(s) down: {dead.url}" in view.line()
+    sweep.result(WAIT)
+    until(lambda: not session.down_servers())
+    assert "down" not in view.line()
