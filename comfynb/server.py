@@ -209,6 +209,7 @@ class Server:
                     isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429):
                 self.settle(state, ERROR, error=exc)  # refused: it would be refused again
             else:  # unanswered: the server may have it, so it is not sent elsewhere yet
+                state.post_error = exc
                 self.session._pool.unreachable(self, exc)
             return
         finally:
@@ -216,6 +217,7 @@ class Server:
         if state.done:  # meanwhile another server's copy gave the job its result
             await discard(self, state.prompt_id)
             return
+        state.post_error = None
         state.number = reply.get("number", state.number)
         state.node_errors = reply.get("node_errors") or {}
         if state.status == PENDING:
@@ -404,8 +406,10 @@ class Server:
                 self.tracker.place(state, QUEUED)
         else:
             policy = "resubmit_lost is off" if not self.session.resubmit_lost else "no attempts left"
+            why = ("its last POST went unanswered: " + str(state.post_error) if state.post_error is not None
+                   else "server restarted?")
             self.settle(state, LOST, error=JobLost(
-                f"{self.url} no longer knows prompt {state.prompt_id} (server restarted?) after "
+                f"{self.url} no longer knows prompt {state.prompt_id} ({why}) after "
                 f"{state.attempts} submission(s); {policy}"))
 
     async def cancel(self, state: PromptState) -> None:

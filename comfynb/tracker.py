@@ -70,6 +70,7 @@ class PromptState:
         self.finalizing = False
         self.again = False  # a completion arrived while finalizing: look again
         self.cancel_requested = False
+        self.post_error: BaseException | None = None  # why the last POST went unanswered, if it did
         self._reset_run()
 
     def _reset_run(self) -> None:

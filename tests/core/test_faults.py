@@ -167,3 +167,15 @@ def test_without_jobs_api_queue_and_history_are_used(make_session):
         assert params_of(job.result(WAIT))["seed"] == seed
     assert session._servers[0].transport.jobs_api is False
     assert session.simulator.faults.counts["lost_responses"] > 0
+
+
+def test_a_prompt_every_post_of_which_fails_ends_lost_saying_why(make_session):
+    """When the server answers every POST /prompt with a 500, the job does not wait forever: it ends
+    as lost once its attempts are used, and the error names the unanswered POST, not a restart."""
+    session = make_session(faults={"http_errors": {"/prompt": 1.0}}, max_attempts=2, retries=1)
+    job = session.submit(txt2img(1))
+    with pytest.raises(JobLost, match="POST went unanswered") as caught:
+        job.result(timeout=WAIT)
+    assert "restarted" not in str(caught.value)
+    assert job.status == "lost" and job.attempts == 2
+    assert session.simulator.engine.history == {}
