@@ -285,6 +285,7 @@ class Server:
             while True:
                 state.again = False
                 where, entry = await self._lookup(state)
+                state.unread_since = None
                 if state.done or not self.holds(state):  # ended or moved while we looked
                     break
                 if where == _FINISHED:
@@ -299,8 +300,17 @@ class Server:
                 if state.done or not state.again:
                     break
         except (TransportError, Timeout) as exc:
+            now = time.monotonic()
+            state.unread_since = state.unread_since or now
+            give_up = self.session._pool.give_up_after
+            if give_up is not None and now - state.unread_since >= give_up:
+                self.settle(state, ERROR, error=TransportError(
+                    f"could not read the outcome of prompt {state.prompt_id} from {self.url} for {give_up:g} s "
+                    f"({exc}); it may still have finished there: session.check() or history_frame() can tell "
+                    "once the server answers", url=self.url))
+                return
             log.warning("could not read the outcome of %s from %s (%s); will retry", state.prompt_id, self.url, exc)
-            self._retry_at = time.monotonic() + self.grace  # the watchdog reconciles then
+            self._retry_at = now + self.grace  # the watchdog reconciles then
         finally:
             state.finalizing = False
 

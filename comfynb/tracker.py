@@ -71,6 +71,7 @@ class PromptState:
         self.again = False  # a completion arrived while finalizing: look again
         self.cancel_requested = False
         self.post_error: BaseException | None = None  # why the last POST went unanswered, if it did
+        self.unread_since: float | None = None  # monotonic time of the first failed outcome read in a row
         self._reset_run()
 
     def _reset_run(self) -> None:

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from comfynb import JobLost, Timeouts, as_completed
+from comfynb import JobLost, Timeouts, TransportError, as_completed
 
 from .conftest import WAIT, params_of, txt2img
 
@@ -179,3 +179,16 @@ def test_a_prompt_every_post_of_which_fails_ends_lost_saying_why(make_session):
     assert "restarted" not in str(caught.value)
     assert job.status == "lost" and job.attempts == 2
     assert session.simulator.engine.history == {}
+
+
+def test_a_job_whose_outcome_cannot_be_read_ends_after_give_up_after(make_session):
+    """A server that is up but fails every history and jobs-API read does not keep a finished job
+    waiting forever: after ``give_up_after`` seconds of failed reads it ends with an error that
+    says where the outcome may still be found."""
+    session = make_session(faults={"http_errors": {"/history": 1.0, "/api/jobs": 1.0}}, give_up_after=1.0)
+    job = session.submit(txt2img(1))
+    with pytest.raises(TransportError, match="could not read the outcome") as caught:
+        job.result(timeout=WAIT)
+    assert "session.check()" in str(caught.value)
+    assert job.status == "error"
+    assert len(session.simulator.engine.history) == 1  # it did run: only its outcome was unreadable
