@@ -96,3 +96,9 @@ def run_sync(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> An
 async def wrap(cfut: concurrent.futures.Future) -> Any:
     """Await a concurrent future from whatever loop the caller is running."""
     return await asyncio.wrap_future(cfut)
+
+
+async def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on the private loop and await it from whatever loop the caller is running:
+    the ``await`` twin of :func:`run_sync`."""
+    return await wrap(submit(coro))

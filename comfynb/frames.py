@@ -293,5 +293,5 @@ def history_frame(source: Any, *, tag: str | None = None, sweep_id: str | None =
 async def ahistory_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
                          limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
     """:func:`history_frame` for ``await``, from any event loop."""
-    return await _loop.wrap(_loop.submit(_history(source, tag=tag, sweep_id=sweep_id, limit=limit,
-                                                  page_size=page_size)))
+    return await _loop.run_async(_history(source, tag=tag, sweep_id=sweep_id, limit=limit,
+                                          page_size=page_size))

@@ -41,7 +41,7 @@ class ImageRef:
     async def fetch(self) -> bytes:
         """The file's bytes, from any event loop; the download itself runs on comfynb's loop."""
         if "data" not in self._cache:
-            self._cache["data"] = await _loop.wrap(_loop.submit(self._download()))
+            self._cache["data"] = await _loop.run_async(self._download())
         return self._cache["data"]
 
     @property

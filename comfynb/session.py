@@ -275,7 +275,7 @@ class Session:
         return _loop.run_sync(self._upload(image))
 
     async def aupload(self, image: Any) -> str:
-        return await _loop.wrap(_loop.submit(self._upload(image)))
+        return await _loop.run_async(self._upload(image))
 
     async def _upload(self, image: Any) -> str:
         return (await _sweep.upload_everywhere(self, [image]))[id(image)]
@@ -360,7 +360,7 @@ class Session:
 
     async def aclose(self) -> None:
         if not self._closed:
-            await _loop.wrap(_loop.submit(self._aclose()))
+            await _loop.run_async(self._aclose())
         if self._sim_context is not None:
             await asyncio.to_thread(self._stop_simulator)
 
@@ -382,7 +382,7 @@ class Session:
 
     async def __aenter__(self) -> Session:
         try:
-            await _loop.wrap(_loop.submit(self._ready()))
+            await _loop.run_async(self._ready())
         except BaseException:
             await self.aclose()
             raise
@@ -447,7 +447,7 @@ class Session:
         return _loop.run_sync(self._check(prompt_id))
 
     async def acheck(self, prompt_id: str) -> dict:
-        return await _loop.wrap(_loop.submit(self._check(prompt_id)))
+        return await _loop.run_async(self._check(prompt_id))
 
     async def _check(self, prompt_id: str) -> dict:
         await asyncio.wrap_future(self._started)

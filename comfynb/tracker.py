@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -162,27 +163,23 @@ class Tracker:
         if kind == "executing":
             prog = state.progress
             if prog.node is not None:
-                state._nodes_done.add(prog.node)
+                _finished(state, (prog.node,))
             prog.node, prog.value, prog.max = data.get("node"), 0, 0
-            prog.nodes_done = len(state._nodes_done)
         elif kind == "progress":
             prog = state.progress
             prog.node = data.get("node", prog.node)
             prog.value, prog.max = data.get("value", 0), data.get("max", 0)
         elif kind == "progress_state":
             nodes = data.get("nodes") or {}
-            state._nodes_done.update(k for k, v in nodes.items() if v.get("state") == "finished")
-            state.progress.nodes_done = len(state._nodes_done)
+            _finished(state, (k for k, v in nodes.items() if v.get("state") == "finished"))
         elif kind == "executed":
             node = data.get("node")
             if node is not None:
-                state._nodes_done.add(node)
-                state.progress.nodes_done = len(state._nodes_done)
+                _finished(state, (node,))
                 if data.get("output") is not None:
                     state.outputs[node] = data["output"]
         elif kind == "execution_cached":
-            state._nodes_done.update(data.get("nodes") or ())
-            state.progress.nodes_done = len(state._nodes_done)
+            _finished(state, data.get("nodes") or ())
         elif kind == "execution_success":
             state.outcome, state.outcome_data = SUCCESS, data
         elif kind == "execution_error":
@@ -238,3 +235,9 @@ class Tracker:
             self._running(state)
         elif state.status == PENDING:
             state.status = QUEUED
+
+
+def _finished(state: PromptState, nodes: Iterable[str]) -> None:
+    """Count nodes as done; several messages can report the same node, so they form a set."""
+    state._nodes_done.update(nodes)
+    state.progress.nodes_done = len(state._nodes_done)
