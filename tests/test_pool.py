@@ -292,7 +292,9 @@ def test_server_killed_mid_sweep_jobs_finish_elsewhere_and_it_rejoins(start, con
 
 def test_cut_off_server_that_finished_the_jobs_keeps_them_and_nothing_runs_twice(start, connect):
     cut = start(node_times={"KSampler": 0.1})
-    busy = start(node_times={"ImageBlur": 1.5})  # someone else's 4.5 s prompt holds its queue
+    # someone else's 9 s prompt holds its queue: far longer than the cut server needs to be probed
+    # back (its probes back off up to 5 s), so the copies moved here are still queued when it rejoins
+    busy = start(node_times={"ImageBlur": 3.0})
     session = connect([cut.url, busy.url], weights={cut.url: 10}, max_inflight={cut.url: 4})
     with urllib.request.urlopen(urllib.request.Request(
             f"{busy.url}/prompt", data=json.dumps({"prompt": load_workflow("slow")}).encode())) as resp:
@@ -311,6 +313,7 @@ def test_cut_off_server_that_finished_the_jobs_keeps_them_and_nothing_runs_twice
         assert job.server == cut.url  # it delivered when it came back: that result is kept
     assert state_of(session, cut.url) == "up"
 
+    urllib.request.urlopen(urllib.request.Request(f"{busy.url}/interrupt", data=b"{}")).close()
     wait_until(lambda: busy.engine.remaining() == 0)
     ours = {job.prompt_id for job in jobs}
     assert ours <= set(history(cut.url)) and not ours & set(history(busy.url))  # the copies were deleted
