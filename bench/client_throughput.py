@@ -45,8 +45,10 @@ def prompts(n: int, offset: int) -> list[dict]:
     """Distinct zero-work graphs (the colour makes each one new to the cache)."""
     return [
         {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                        "color": offset + i}},
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": offset + i},
+            },
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
         }
         for i in range(n)
@@ -58,8 +60,10 @@ def report(name: str, n: int, wall: float, cpu: float, latencies: list[float]) -
     p50 = statistics.median(lat) * 1000
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
     rate = n / wall
-    print(f"{name:>10}: {rate:7.1f} prompts/s  ({wall:.2f} s)  latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-          f"CPU {cpu / n * 1000:.2f} ms/prompt")
+    print(
+        f"{name:>10}: {rate:7.1f} prompts/s  ({wall:.2f} s)  latency p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+        f"CPU {cpu / n * 1000:.2f} ms/prompt"
+    )
     return rate
 
 
@@ -71,8 +75,7 @@ async def reference(url: str, graphs: list[dict]) -> tuple[float, float, list[fl
     latencies: list[float] = []
     done = asyncio.Event()
     async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(url.replace("http", "ws", 1) + "/ws", params={"clientId": client_id},
-                                   max_msg_size=0)
+        ws = await http.ws_connect(url.replace("http", "ws", 1) + "/ws", params={"clientId": client_id}, max_msg_size=0)
 
         async def fetch(pid: str) -> None:
             async with http.get(f"{url}/history/{pid}") as resp:
@@ -126,8 +129,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    server = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         url = server.stdout.readline().strip()
         offset = 0

@@ -30,8 +30,10 @@ import comfynb  # noqa: E402
 
 
 def tiny() -> dict:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "scale"}}}
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "scale"}},
+    }
 
 
 def serve(port: int, node_time: float) -> None:
@@ -57,8 +59,14 @@ def free_port() -> int:
 def servers(k: int, node_time: float):
     """k simulator processes; yields their URLs once all answer."""
     ports = [free_port() for _ in range(k)]
-    procs = [subprocess.Popen([sys.executable, __file__, "--serve", str(p), "--node-time", str(node_time)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(p), "--node-time", str(node_time)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for p in ports
+    ]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for url in urls:
@@ -102,10 +110,12 @@ def main() -> int:
         serve(args.serve, args.node_time)
         return 0
 
-    print(f"each prompt sleeps {args.node_time:g} s on its server; {args.per_server} prompts per server; "
-          f"ideal: {1 / args.node_time:.1f} prompts/s per server")
+    print(
+        f"each prompt sleeps {args.node_time:g} s on its server; {args.per_server} prompts per server; "
+        f"ideal: {1 / args.node_time:.1f} prompts/s per server"
+    )
     print(f"{'k':>3} {'prompts':>8} {'prompts/s':>10} {'ratio':>7} {'target':>7} {'of ideal':>9}  per server")
-    rows, base, ok = [], None, True
+    _rows, base, ok = [], None, True
     with servers(max(args.ks), args.node_time) as urls:
         for n, k in enumerate(args.ks):
             prompts = args.per_server * k
@@ -115,8 +125,11 @@ def main() -> int:
             ok &= ratio >= target
             counts = " ".join(str(spread.get(u, 0)) for u in urls[:k])
             ideal = rate * args.node_time / k
-            print(f"{k:>3} {prompts:>8} {rate:>10.1f} {ratio:>7.2f} {target:>7.2f} {ideal:>9.0%}  {counts}"
-                  f"{'' if ratio >= target else '  << below target'}", flush=True)
+            print(
+                f"{k:>3} {prompts:>8} {rate:>10.1f} {ratio:>7.2f} {target:>7.2f} {ideal:>9.0%}  {counts}"
+                f"{'' if ratio >= target else '  << below target'}",
+                flush=True,
+            )
     print("target met: throughput >= 0.9 x k of one server" if ok else "TARGET MISSED")
     return 0 if ok else 1
 

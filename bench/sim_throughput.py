@@ -7,6 +7,7 @@ would, so client and server do not share one interpreter. Target: >= 500 prompts
 
     python bench/sim_throughput.py [--prompts 2000] [--concurrency 64] [--in-process]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 
@@ -28,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(color: int) -> dict:
-    return {"1": {"class_type": "EmptyImage",
-                  "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}}
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+    }
 
 
 def free_port() -> int:
@@ -44,14 +46,18 @@ async def server(in_process: bool) -> AsyncIterator[str]:
     if in_process:
         sys.path.insert(0, str(ROOT))
         from comfynb.sim import Simulator
+
         with Simulator().running() as sim:
             yield sim.url
         return
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "comfynb.cli", "sim", "--port", str(port),
-                             "--node-time", "0", "--step-time", "0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfynb.cli", "sim", "--port", str(port), "--node-time", "0", "--step-time", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -91,8 +97,9 @@ async def run(url: str, prompts: int, concurrency: int) -> float:
             prompt_id = str(uuid.uuid4())
             done[prompt_id] = loop.create_future()
             async with gate:
-                async with http.post(f"{url}/prompt", json={
-                        "prompt": tiny(i), "client_id": client_id, "prompt_id": prompt_id}) as r:
+                async with http.post(
+                    f"{url}/prompt", json={"prompt": tiny(i), "client_id": client_id, "prompt_id": prompt_id}
+                ) as r:
                     assert r.status == 200, await r.text()
             await done[prompt_id]
 
@@ -108,14 +115,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--in-process", action="store_true",
-                        help="run the simulator on a thread of this process instead")
+    parser.add_argument(
+        "--in-process", action="store_true", help="run the simulator on a thread of this process instead"
+    )
     args = parser.parse_args()
     async with server(args.in_process) as url:
-        await run(url, 100, args.concurrency)            # warm-up
+        await run(url, 100, args.concurrency)  # warm-up
         rate = await run(url, args.prompts, args.concurrency)
-    print(f"{rate:.0f} prompts/s end to end ({args.prompts} zero-work prompts, "
-          f"concurrency {args.concurrency}, target >= 500)")
+    print(
+        f"{rate:.0f} prompts/s end to end ({args.prompts} zero-work prompts, "
+        f"concurrency {args.concurrency}, target >= 500)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main(n: int = 10_000, concurrency: int = 8) -> dict[str, int]:
             frame = sweep.result(timeout=3600)
             elapsed = time.perf_counter() - start
             gc.collect()
-            current, peak = tracemalloc.get_traced_memory()
+            _current, peak = tracemalloc.get_traced_memory()
             del frame
             gc.collect()
             after = tracemalloc.get_traced_memory()[0] - base

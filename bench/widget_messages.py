@@ -51,10 +51,11 @@ def main() -> None:
             time.sleep(0.05)
         events = sum(job.events for job in sweep.jobs)
     ok = int((frame["status"] == "success").sum())
-    print(f"{args.jobs} prompts ({ok} succeeded) in {took:.1f} s; {events} events for them "
-          f"({events / took:.0f}/s)")
-    print(f"widget messages: {opened} comm_open (all at construction), {SENT['comm_msg']} comm_msg; "
-          f"{SENT['comm_open'] + SENT['comm_msg']} in all, {SENT['comm_msg'] / took:.1f}/s")
+    print(f"{args.jobs} prompts ({ok} succeeded) in {took:.1f} s; {events} events for them ({events / took:.0f}/s)")
+    print(
+        f"widget messages: {opened} comm_open (all at construction), {SENT['comm_msg']} comm_msg; "
+        f"{SENT['comm_open'] + SENT['comm_msg']} in all, {SENT['comm_msg'] / took:.1f}/s"
+    )
     print("target: low thousands at most for 1,000 jobs")
 
 

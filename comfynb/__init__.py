@@ -1,17 +1,16 @@
 """comfynb: drive ComfyUI servers from notebooks and scripts without losing results."""
 
-from .errors import *  # noqa: F401,F403
+# The notebook layer, last: it registers itself with the layers below (session submit hook,
+# IPython HTML formatters); nothing below imports it.
+from . import display as _display
+from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .jobs import Job, as_completed
+from .progress import progress
 from .results import ImageRef, Result
 from .session import Session
 from .transport import Timeouts
 from .workflow import Workflow
-
-# The notebook layer, last: it registers itself with the layers below (session submit hook,
-# IPython HTML formatters); nothing below imports it.
-from . import display as _display
-from .progress import progress
 
 _display.register()
 

@@ -4,6 +4,7 @@ Errors comfynb raises on purpose are printed as one line (no traceback): exit co
 mistake in the command line or the workflow (nothing was sent), 1 for a failure (unreachable
 server, failed prompts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,16 @@ def _table(frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
     return shown.to_string(index=False)
 
 
-def _sweep(session: Session, wf: Workflow, grid: dict, *, out: Path, concurrency: int, tag: str | None,
-           server: str | None = None) -> int:
+def _sweep(
+    session: Session,
+    wf: Workflow,
+    grid: dict,
+    *,
+    out: Path,
+    concurrency: int,
+    tag: str | None,
+    server: str | None = None,
+) -> int:
     """Run the sweep with a progress line, print the table, save everything under ``out``;
     ``server`` (a lasting one) is named in a hint for finding these results again."""
     sweep = session.sweep(wf, grid=grid or None, rows=None if grid else [{}], concurrency=concurrency, tag=tag)
@@ -138,8 +147,11 @@ def demo(args: argparse.Namespace) -> int:
     print("Starting a simulated ComfyUI server (no GPU needed)...", flush=True)
     with Session.simulated(node_time=args.node_time, step_time=args.step_time, progress="text") as session:
         total = math.prod(map(len, DEMO_GRID.values()))
-        print(f"Simulated ComfyUI at {session.simulator.url}: sweeping {' x '.join(DEMO_GRID)} "
-              f"over ComfyUI's default text-to-image graph ({total} prompts)", flush=True)
+        print(
+            f"Simulated ComfyUI at {session.simulator.url}: sweeping {' x '.join(DEMO_GRID)} "
+            f"over ComfyUI's default text-to-image graph ({total} prompts)",
+            flush=True,
+        )
         return _sweep(session, wf, DEMO_GRID, out=Path(args.out), concurrency=4, tag="comfynb-demo")
 
 
@@ -153,16 +165,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("an address is given to --grid more than once")
     if grid:
         make_plan(wf, grid=grid)
-    if args.simulate:
-        session = Session.simulated(progress="text")
-    else:
-        session = Session(args.server, progress="text")
+    session = Session.simulated(progress="text") if args.simulate else Session(args.server, progress="text")
     with session:
         where = "an embedded simulator" if args.simulate else ", ".join(args.server)
         total = math.prod(map(len, grid.values()))
         print(f"Running {total} prompt(s) of {args.workflow} on {where}", flush=True)
-        return _sweep(session, wf, grid, out=Path(args.out), concurrency=args.concurrency, tag=args.tag,
-                      server=args.server[0] if args.server and len(args.server) == 1 else None)
+        return _sweep(
+            session,
+            wf,
+            grid,
+            out=Path(args.out),
+            concurrency=args.concurrency,
+            tag=args.tag,
+            server=args.server[0] if args.server and len(args.server) == 1 else None,
+        )
 
 
 def history(args: argparse.Namespace) -> int:
@@ -172,8 +188,11 @@ def history(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .csv or .parquet, not {out.name!r}")
     frame = history_frame(args.server, tag=args.tag, sweep_id=args.sweep_id, limit=args.limit)
     if out is None:
-        print(_table(frame, ("tag", "sweep_id", "index")) if len(frame) else
-              f"No matching prompts in the history of {args.server}")
+        print(
+            _table(frame, ("tag", "sweep_id", "index"))
+            if len(frame)
+            else f"No matching prompts in the history of {args.server}"
+        )
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
@@ -182,8 +201,9 @@ def history(args: argparse.Namespace) -> int:
         try:
             frame.to_parquet(out, index=False)
         except ImportError:
-            raise ComfyError("cannot write parquet without pyarrow: pip install 'comfynb[parquet]', "
-                             "or write a .csv") from None
+            raise ComfyError(
+                "cannot write parquet without pyarrow: pip install 'comfynb[parquet]', or write a .csv"
+            ) from None
     print(f"Wrote {len(frame)} row(s) to {out}")
     return 0
 
@@ -196,10 +216,15 @@ def sim(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError):  # SIGTERM stops as cleanly as Ctrl-C
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with Simulator(host=args.host, port=args.port, root=args.root, node_time=args.node_time,
-                             step_time=args.step_time, preview_method=args.preview_method) as server:
-            print(f"ComfyUI simulator listening on {server.url} (files in {server.root}); "
-                  "Ctrl-C to stop", flush=True)
+        async with Simulator(
+            host=args.host,
+            port=args.port,
+            root=args.root,
+            node_time=args.node_time,
+            step_time=args.step_time,
+            preview_method=args.preview_method,
+        ) as server:
+            print(f"ComfyUI simulator listening on {server.url} (files in {server.root}); Ctrl-C to stop", flush=True)
             await stop.wait()
 
     try:
@@ -225,40 +250,83 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    p = command("demo", demo, "see it work: a sweep on an embedded simulator, no GPU needed",
-                "Start an embedded ComfyUI simulator, sweep seed x cfg over its default text-to-image "
-                "graph with a progress line, print the results and save images, contact_sheet.png, "
-                "results.parquet and results.csv.")
+    p = command(
+        "demo",
+        demo,
+        "see it work: a sweep on an embedded simulator, no GPU needed",
+        "Start an embedded ComfyUI simulator, sweep seed x cfg over its default text-to-image "
+        "graph with a progress line, print the results and save images, contact_sheet.png, "
+        "results.parquet and results.csv.",
+    )
     p.add_argument("--out", default="comfynb-demo", metavar="DIR", help="folder to write (default: %(default)s)")
-    p.add_argument("--node-time", type=float, default=0.02, metavar="S",
-                   help="seconds of simulated work per node (default: %(default)s)")
-    p.add_argument("--step-time", type=float, default=0.01, metavar="S",
-                   help="seconds per simulated sampler step (default: %(default)s)")
+    p.add_argument(
+        "--node-time",
+        type=float,
+        default=0.02,
+        metavar="S",
+        help="seconds of simulated work per node (default: %(default)s)",
+    )
+    p.add_argument(
+        "--step-time",
+        type=float,
+        default=0.01,
+        metavar="S",
+        help="seconds per simulated sampler step (default: %(default)s)",
+    )
 
-    p = command("run", run, "run a workflow, or a sweep of it, on a server and save the results",
-                "Run an API-format workflow (ComfyUI: Workflow > Export (API)) once, or once per "
-                "combination of --grid values, and save images/, results.parquet and results.csv "
-                "(and contact_sheet.png for two or more --grid axes) under --out. Values are JSON "
-                "when they parse (7, 4.5, true, \"7\"), else text. Addresses are NODE.INPUT, where "
-                "NODE is a node id, title or class, e.g. KSampler.seed or 6.text.")
+    p = command(
+        "run",
+        run,
+        "run a workflow, or a sweep of it, on a server and save the results",
+        "Run an API-format workflow (ComfyUI: Workflow > Export (API)) once, or once per "
+        "combination of --grid values, and save images/, results.parquet and results.csv "
+        "(and contact_sheet.png for two or more --grid axes) under --out. Values are JSON "
+        'when they parse (7, 4.5, true, "7"), else text. Addresses are NODE.INPUT, where '
+        "NODE is a node id, title or class, e.g. KSampler.seed or 6.text.",
+    )
     p.add_argument("workflow", metavar="WORKFLOW.json", help="API-format workflow file")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", action="append", metavar="URL",
-                       help="ComfyUI server, e.g. http://127.0.0.1:8188 (repeat to spread the prompts over several)")
+    where.add_argument(
+        "--server",
+        action="append",
+        metavar="URL",
+        help="ComfyUI server, e.g. http://127.0.0.1:8188 (repeat to spread the prompts over several)",
+    )
     where.add_argument("--simulate", action="store_true", help="run on an embedded simulator instead (to try it out)")
-    p.add_argument("--set", action="append", type=_setting, default=[], metavar="ADDR=VALUE",
-                   help="set an input of every prompt, e.g. KSampler.steps=30 (repeatable)")
-    p.add_argument("--grid", action="append", type=_axis, default=[], metavar="ADDR=V1,V2",
-                   help="sweep an input over values, e.g. KSampler.cfg=4,7; a JSON list for values "
-                        "containing commas; several --grid give every combination")
-    p.add_argument("--concurrency", type=_positive, default=8, metavar="N",
-                   help="prompts on the server at once (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=_setting,
+        default=[],
+        metavar="ADDR=VALUE",
+        help="set an input of every prompt, e.g. KSampler.steps=30 (repeatable)",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        type=_axis,
+        default=[],
+        metavar="ADDR=V1,V2",
+        help="sweep an input over values, e.g. KSampler.cfg=4,7; a JSON list for values "
+        "containing commas; several --grid give every combination",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="prompts on the server at once (default: %(default)s)",
+    )
     p.add_argument("--tag", metavar="T", help="tag stored with each prompt, to find them with `comfynb history --tag`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
 
-    p = command("history", history, "the results table rebuilt from a server's history",
-                "Print (or write) one row per prompt in the server's history, with the parameters "
-                "and tags comfynb sent along; works after the process that ran them is gone.")
+    p = command(
+        "history",
+        history,
+        "the results table rebuilt from a server's history",
+        "Print (or write) one row per prompt in the server's history, with the parameters "
+        "and tags comfynb sent along; works after the process that ran them is gone.",
+    )
     p.add_argument("--server", required=True, metavar="URL", help="ComfyUI server, e.g. http://127.0.0.1:8188")
     p.add_argument("--tag", metavar="T", help="only prompts sent with this tag")
     p.add_argument("--sweep-id", metavar="ID", help="only the prompts of this sweep")

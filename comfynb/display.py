@@ -32,8 +32,14 @@ from .sweep import Sweep
 from .tracker import TERMINAL
 
 COLOURS = {
-    "pending": "#9e9e9e", "queued": "#607d8b", "running": "#1976d2", "success": "#2e7d32",
-    "error": "#c62828", "interrupted": "#ef6c00", "cancelled": "#757575", "lost": "#6a1b9a",
+    "pending": "#9e9e9e",
+    "queued": "#607d8b",
+    "running": "#1976d2",
+    "success": "#2e7d32",
+    "error": "#c62828",
+    "interrupted": "#ef6c00",
+    "cancelled": "#757575",
+    "lost": "#6a1b9a",
 }
 FAILED = frozenset(TERMINAL - {"success"})
 THUMBNAIL = 192  # pixels, longest side
@@ -109,8 +115,10 @@ def thumbnails_html(refs: list[ImageRef], blobs: list[bytes | BaseException], mo
         else:
             why = error_text(blob) if isinstance(blob, BaseException) else "not an image"
             picture = f'<div style="color:#757575">({esc(why)})</div>'
-        cells.append(f'<figure style="margin:2px 6px 2px 0;display:inline-block;vertical-align:top">'
-                     f'{picture}<figcaption style="font-size:smaller">{caption}</figcaption></figure>')
+        cells.append(
+            f'<figure style="margin:2px 6px 2px 0;display:inline-block;vertical-align:top">'
+            f'{picture}<figcaption style="font-size:smaller">{caption}</figcaption></figure>'
+        )
     if more:
         cells.append(f'<div style="display:inline-block;color:#757575">and {more} more</div>')
     return "<div>" + "".join(cells) + "</div>"
@@ -131,22 +139,25 @@ def result_html(result: Result, limit: int = 8, blobs: list | None = None, head:
                 blobs = [exc] * len(refs)
         pictures = thumbnails_html(refs, blobs, len(result.images) - len(refs))
     else:
-        pictures = '<div style="color:#757575">no images in the outputs ' \
-                   f'(nodes: {esc(", ".join(result.outputs) or "none")})</div>'
+        pictures = (
+            '<div style="color:#757575">no images in the outputs '
+            f"(nodes: {esc(', '.join(result.outputs) or 'none')})</div>"
+        )
     facts = [badge(result.status), f"<code>{esc(result.prompt_id)}</code>"]
     if result.run_time is not None:
         facts.append(f"ran {seconds(result.run_time)}")
     if result.queue_wait is not None:
         facts.append(f"waited {seconds(result.queue_wait)}")
     facts.append(f"{len(result.images)} image{'s' if len(result.images) != 1 else ''} on {esc(result.server)}")
-    head_html = f'<div>{" · ".join(facts)}</div>' if head else ""
+    head_html = f"<div>{' · '.join(facts)}</div>" if head else ""
     return f'<div class="comfynb-result">{head_html}{pictures}</div>'
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f'<th style="text-align:left">{esc(h)}</th>' for h in header)
-    body = "".join("<tr>" + "".join(f'<td style="text-align:left">{cell}</td>' for cell in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td style="text-align:left">{cell}</td>' for cell in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -156,20 +167,32 @@ def error_html(error: BaseException) -> str:
     name = esc(type(error).__name__)
     if isinstance(error, ValidationError):
         head = str(error).splitlines()[0]
-        rows = [[esc(e.node_id), esc(e.class_type), esc(e.input_name or ""), esc(e.type), esc(e.message),
-                 esc(e.details), esc("" if e.received is None else repr(e.received))]
-                for e in error.node_errors]
-        table = _table(["node", "class", "input", "problem", "message", "details", "received"], rows) \
-            if rows else ""
-        return (f'<div class="comfynb-error"><div style="color:{COLOURS["error"]}"><b>{name}</b>: '
-                f"{esc(head)}</div>{table}</div>")
+        rows = [
+            [
+                esc(e.node_id),
+                esc(e.class_type),
+                esc(e.input_name or ""),
+                esc(e.type),
+                esc(e.message),
+                esc(e.details),
+                esc("" if e.received is None else repr(e.received)),
+            ]
+            for e in error.node_errors
+        ]
+        table = _table(["node", "class", "input", "problem", "message", "details", "received"], rows) if rows else ""
+        return (
+            f'<div class="comfynb-error"><div style="color:{COLOURS["error"]}"><b>{name}</b>: '
+            f"{esc(head)}</div>{table}</div>"
+        )
     if isinstance(error, ExecutionError):
         trace = "".join(error.traceback)
         folded = f"<details><summary>traceback</summary><pre>{esc(trace)}</pre></details>" if trace else ""
-        return (f'<div class="comfynb-error"><div style="color:{COLOURS["error"]}"><b>{name}</b> at node '
-                f"<b>{esc(error.node_id)}</b> ({esc(error.node_type)})</div>"
-                f"<div><code>{esc(error.exception_type)}</code>: {esc(error.exception_message.strip())}</div>"
-                f"{folded}</div>")
+        return (
+            f'<div class="comfynb-error"><div style="color:{COLOURS["error"]}"><b>{name}</b> at node '
+            f"<b>{esc(error.node_id)}</b> ({esc(error.node_type)})</div>"
+            f"<div><code>{esc(error.exception_type)}</code>: {esc(error.exception_message.strip())}</div>"
+            f"{folded}</div>"
+        )
     return f'<div class="comfynb-error"><b>{name}</b>: {esc(error)}</div>'
 
 
@@ -200,19 +223,28 @@ def job_html(job: Job) -> str:
             body = result_html(job.result(), head=False)
     elif job.latest_preview is not None:
         preview = job.latest_preview
-        body = (f'<img src="data:{esc(preview.mime)};base64,{base64.b64encode(preview.image).decode("ascii")}" '
-                f'style="max-width:{THUMBNAIL}px">')
+        body = (
+            f'<img src="data:{esc(preview.mime)};base64,{base64.b64encode(preview.image).decode("ascii")}" '
+            f'style="max-width:{THUMBNAIL}px">'
+        )
     return f'<div class="comfynb-job"><div>{" · ".join(facts)}</div>{body}</div>'
 
 
 def bar_html(counts: dict[str, int], total: int) -> str:
     """A static stacked bar: one coloured segment per status."""
-    segments = "".join(
-        f'<div title="{n} {esc(s)}" style="width:{100 * n / total:.3f}%;background:{COLOURS[s]}"></div>'
-        for s, n in counts.items() if n and s in COLOURS
-    ) if total else ""
-    return (f'<div style="display:flex;height:10px;width:100%;max-width:480px;background:#eee;'
-            f'border-radius:3px;overflow:hidden">{segments}</div>')
+    segments = (
+        "".join(
+            f'<div title="{n} {esc(s)}" style="width:{100 * n / total:.3f}%;background:{COLOURS[s]}"></div>'
+            for s, n in counts.items()
+            if n and s in COLOURS
+        )
+        if total
+        else ""
+    )
+    return (
+        f'<div style="display:flex;height:10px;width:100%;max-width:480px;background:#eee;'
+        f'border-radius:3px;overflow:hidden">{segments}</div>'
+    )
 
 
 def failures_html(jobs: Iterable[Job], limit: int = _MAX_ROWS) -> str:
@@ -225,8 +257,15 @@ def failures_html(jobs: Iterable[Job], limit: int = _MAX_ROWS) -> str:
             extra += 1
             continue
         index = (job.tags or {}).get("index", "")
-        rows.append([esc(index), esc(params_text(job.tags)), badge(job.status), f"<code>{esc(job.prompt_id)}</code>",
-                     esc(error_text(job.error))])
+        rows.append(
+            [
+                esc(index),
+                esc(params_text(job.tags)),
+                badge(job.status),
+                f"<code>{esc(job.prompt_id)}</code>",
+                esc(error_text(job.error)),
+            ]
+        )
     if not rows:
         return ""
     more = f'<div style="color:#757575">and {extra} more</div>' if extra else ""
@@ -239,11 +278,14 @@ def sweep_html(sweep: Sweep) -> str:
     total = len(sweep)
     ended = sum(n for s, n in counts.items() if s in TERMINAL)
     tag = f" <b>{esc(sweep.tag)}</b>" if sweep.tag else ""
-    words = ", ".join(f'<span style="color:{COLOURS.get(s, "#000")}">{n} {esc(s)}</span>'
-                      for s, n in sorted(counts.items()))
-    return (f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {ended}/{total} ended '
-            f"over {esc(', '.join(sweep.plan.addresses))}</div>{bar_html(counts, total)}<div>{words}</div>"
-            f"{failures_html(sweep.jobs)}</div>")
+    words = ", ".join(
+        f'<span style="color:{COLOURS.get(s, "#000")}">{n} {esc(s)}</span>' for s, n in sorted(counts.items())
+    )
+    return (
+        f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {ended}/{total} ended '
+        f"over {esc(', '.join(sweep.plan.addresses))}</div>{bar_html(counts, total)}<div>{words}</div>"
+        f"{failures_html(sweep.jobs)}</div>"
+    )
 
 
 # -- registration --------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ class CapabilityError(ValidationError):
     def __init__(self, missing: dict[str, list[str]]):
         self.missing = missing
         lines = [f"{url} lacks {', '.join(items)}" for url, items in missing.items()]
-        super().__init__("no server of this session can run this workflow:\n  - " + "\n  - ".join(lines),
-                         type="no_capable_server")
+        super().__init__(
+            "no server of this session can run this workflow:\n  - " + "\n  - ".join(lines), type="no_capable_server"
+        )
 
 
 class ExecutionError(ComfyError):
@@ -129,8 +130,7 @@ class ExecutionError(ComfyError):
         self.traceback = list(traceback or [])
         self.raw = raw or {}
         super().__init__(
-            f"prompt {prompt_id} failed at node {node_id} ({node_type}): "
-            f"{exception_type}: {exception_message.strip()}"
+            f"prompt {prompt_id} failed at node {node_id} ({node_type}): {exception_type}: {exception_message.strip()}"
         )
 
 

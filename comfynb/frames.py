@@ -19,14 +19,25 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
-from .pool import UP, merge_rows
 from .results import _node_key, view_url
+from .tracker import SUCCESS
 from .transport import Transport
 
 STATUSES = ("success", "error", "interrupted", "cancelled", "lost", "pending", "queued", "running")
 COLUMNS = (
-    "prompt_id", "status", "queued_at", "started_at", "finished_at", "queue_wait", "run_time",
-    "images", "error", "server", "tag", "sweep_id", "index",
+    "prompt_id",
+    "status",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "queue_wait",
+    "run_time",
+    "images",
+    "error",
+    "server",
+    "tag",
+    "sweep_id",
+    "index",
 )
 _TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 _IMAGE_KEYS = ("images", "gifs")  # as in Result.images, in the same (node) order
@@ -37,8 +48,9 @@ log = logging.getLogger(__name__)
 
 def image_url(server: str, item: Mapping[str, Any]) -> str:
     """The ``/view`` URL of one output item: the frame's lightweight image reference."""
-    return view_url(server, str(item.get("filename", "")), str(item.get("subfolder") or ""),
-                    str(item.get("type") or "output"))
+    return view_url(
+        server, str(item.get("filename", "")), str(item.get("subfolder") or ""), str(item.get("type") or "output")
+    )
 
 
 def tags_of(entry: Mapping[str, Any]) -> dict:
@@ -93,8 +105,10 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
     outputs = entry.get("outputs") or {}
     images = [
         image_url(server, item)
-        for node_id in sorted(outputs, key=_node_key) if isinstance(outputs[node_id], dict)
-        for key in _IMAGE_KEYS for item in outputs[node_id].get(key) or ()
+        for node_id in sorted(outputs, key=_node_key)
+        if isinstance(outputs[node_id], dict)
+        for key in _IMAGE_KEYS
+        for item in outputs[node_id].get(key) or ()
         if isinstance(item, dict) and isinstance(item.get("filename"), str)
     ]
     return {
@@ -125,16 +139,14 @@ def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     params: dict[str, list] = {}
     fixed: dict[str, list] = {name: [] for name in COLUMNS}
-    n = 0
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         for key, value in (row.get("params") or {}).items():
             column = params.get(key)
             if column is None:
-                column = params[key] = [None] * n
+                column = params[key] = [None] * (n - 1)
             column.append(value)
         for name, column in fixed.items():
             column.append(row.get(name))
-        n += 1
         for column in params.values():
             if len(column) < n:
                 column.append(None)
@@ -177,6 +189,7 @@ def _matches(entry: Mapping[str, Any], tag: str | None, sweep_id: str | None) ->
 
 async def _history_size(transport, page_size: int) -> int:
     """Number of history entries, found with tiny probes (``/history`` has no count)."""
+
     async def exists(offset: int) -> bool:
         return bool(await transport.get_history_page(1, offset))
 
@@ -191,8 +204,14 @@ async def _history_size(transport, page_size: int) -> int:
     return high
 
 
-async def read_history(transport, *, tag: str | None = None, sweep_id: str | None = None,
-                       limit: int | None = None, page_size: int = PAGE_SIZE) -> list[tuple[str, dict]]:
+async def read_history(
+    transport,
+    *,
+    tag: str | None = None,
+    sweep_id: str | None = None,
+    limit: int | None = None,
+    page_size: int = PAGE_SIZE,
+) -> list[tuple[str, dict]]:
     """Matching ``(prompt_id, entry)`` pairs, oldest first, read in pages, never all at once.
 
     Without ``limit`` pages go forward from the oldest entry until a short page; with ``limit`` they
@@ -222,9 +241,10 @@ async def read_history(transport, *, tag: str | None = None, sweep_id: str | Non
     return list(reversed([item for _, item in zip(range(limit), newest_first)]))
 
 
-def _merged(per_server: list[list[dict]], limit: int | None, sort: bool,
-            prefer: Mapping[str, str | None] | None = None) -> pd.DataFrame:
-    """One frame from several servers' rows: one row per prompt_id (see :func:`comfynb.pool.merge_rows`)."""
+def _merged(
+    per_server: list[list[dict]], limit: int | None, sort: bool, prefer: Mapping[str, str | None] | None = None
+) -> pd.DataFrame:
+    """One frame from several servers' rows: one row per prompt_id (see :func:`merge_rows`)."""
     if len(per_server) == 1:
         frame = frame_from_rows(per_server[0])
     else:  # each server gave its newest `limit`: keep the newest overall
@@ -236,8 +256,7 @@ def _merged(per_server: list[list[dict]], limit: int | None, sort: bool,
 
 
 async def _transports_history(transports: list, *, sort: bool, **query: Any) -> pd.DataFrame:
-    per_server = [[history_row(pid, entry, t.url) for pid, entry in await read_history(t, **query)]
-                  for t in transports]
+    per_server = [[history_row(pid, entry, t.url) for pid, entry in await read_history(t, **query)] for t in transports]
     return _merged(per_server, query.get("limit"), sort)
 
 
@@ -247,7 +266,7 @@ async def _session_history(session, *, sort: bool, **query: Any) -> pd.DataFrame
     history). A prompt on two servers is attributed as the session's own job is."""
     per_server = []
     for server in session._servers:
-        if server.health != UP:
+        if server.health != "up":
             log.warning("history_frame: %s is down, its history is not included", server.url)
             continue
         items = await read_history(server.transport, **query)
@@ -261,10 +280,16 @@ async def _session_history(session, *, sort: bool, **query: Any) -> pd.DataFrame
     return _merged(per_server, query.get("limit"), sort, prefer)
 
 
-async def _history(source: Any, *, tag: str | None, sweep_id: str | None, limit: int | None,
-                   page_size: int) -> pd.DataFrame:
-    query = {"tag": tag, "sweep_id": sweep_id, "limit": limit, "page_size": page_size,
-             "sort": sweep_id is not None}  # a sweep's rows in index order, like its own frame
+async def _history(
+    source: Any, *, tag: str | None, sweep_id: str | None, limit: int | None, page_size: int
+) -> pd.DataFrame:
+    query = {
+        "tag": tag,
+        "sweep_id": sweep_id,
+        "limit": limit,
+        "page_size": page_size,
+        "sort": sweep_id is not None,
+    }  # a sweep's rows in index order, like its own frame
     if hasattr(source, "_servers"):  # a Session (not imported: sessions sit above frames)
         await asyncio.wrap_future(source._started)
         return await _session_history(source, **query)
@@ -278,8 +303,14 @@ async def _history(source: Any, *, tag: str | None, sweep_id: str | None, limit:
                 await transport.close()
 
 
-def history_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
-                  limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+def history_frame(
+    source: Any,
+    *,
+    tag: str | None = None,
+    sweep_id: str | None = None,
+    limit: int | None = None,
+    page_size: int = PAGE_SIZE,
+) -> pd.DataFrame:
     """The results frame rebuilt from a server's history alone, e.g. in a new process after a crash.
 
     ``source`` is a Session, a Transport, a server URL, or a list of them (merged: one row per
@@ -290,8 +321,34 @@ def history_frame(source: Any, *, tag: str | None = None, sweep_id: str | None =
     return _loop.run_sync(_history(source, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size))
 
 
-async def ahistory_frame(source: Any, *, tag: str | None = None, sweep_id: str | None = None,
-                         limit: int | None = None, page_size: int = PAGE_SIZE) -> pd.DataFrame:
+async def ahistory_frame(
+    source: Any,
+    *,
+    tag: str | None = None,
+    sweep_id: str | None = None,
+    limit: int | None = None,
+    page_size: int = PAGE_SIZE,
+) -> pd.DataFrame:
     """:func:`history_frame` for ``await``, from any event loop."""
-    return await _loop.run_async(_history(source, tag=tag, sweep_id=sweep_id, limit=limit,
-                                          page_size=page_size))
+    return await _loop.run_async(_history(source, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size))
+
+
+def merge_rows(rows: Iterable[dict], prefer: Mapping[str, str | None] | None = None) -> list[dict]:
+    """One frame row per prompt_id from several servers' histories (a moved prompt can be in two):
+    the server the session attributes it to first, then a success, then the earliest finish."""
+    prefer = prefer or {}
+    best: dict[str, dict] = {}
+
+    def rank(row: dict) -> tuple:
+        finished = row.get("finished_at")
+        return (
+            prefer.get(row["prompt_id"], row["server"]) != row["server"],
+            row["status"] != SUCCESS,
+            float("inf") if finished is None else finished,
+        )
+
+    for row in rows:
+        current = best.get(row["prompt_id"])
+        if current is None or rank(row) < rank(current):
+            best[row["prompt_id"]] = row
+    return list(best.values())

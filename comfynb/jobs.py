@@ -28,7 +28,7 @@ class Job:
     :class:`~comfynb.results.Result`, or raise the job's error.
     """
 
-    __slots__ = ("_state", "_cancel")
+    __slots__ = ("_cancel", "_state")
 
     def __init__(self, state: PromptState, cancel: Callable[[PromptState], None]):
         self._state = state
@@ -169,9 +169,7 @@ class as_completed:
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[Job] = asyncio.Queue()
         for job in self._jobs:
-            job._state.future.add_done_callback(
-                lambda _, job=job: loop.call_soon_threadsafe(finished.put_nowait, job)
-            )
+            job._state.future.add_done_callback(lambda _, job=job: loop.call_soon_threadsafe(finished.put_nowait, job))
         deadline = None if self._timeout is None else loop.time() + self._timeout
         for _ in self._jobs:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())

@@ -67,8 +67,12 @@ class Submission:
         if self.outcome is None:
             return None
         extra = {"create_time": self.outcome.get("create_time"), "comfynb": self.tags}
-        return {"prompt": [None, self.prompt_id, {}, extra, []], "outputs": self.outcome.get("outputs") or {},
-                "status": self.outcome.get("status") or {}, "meta": {}}
+        return {
+            "prompt": [None, self.prompt_id, {}, extra, []],
+            "outputs": self.outcome.get("outputs") or {},
+            "status": self.outcome.get("status") or {},
+            "meta": {},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +127,18 @@ class Journal:
 
     # -- sweeps -----------------------------------------------------------------------------
 
-    def add_sweep(self, sweep_id: str, *, tag: str | None, workflow: dict, plan: dict, total: int,
-                  concurrency: int) -> None:
+    def add_sweep(
+        self, sweep_id: str, *, tag: str | None, workflow: dict, plan: dict, total: int, concurrency: int
+    ) -> None:
         self._execute(
             "INSERT OR IGNORE INTO sweeps VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sweep_id, tag, json.dumps(workflow), json.dumps(plan), total, concurrency, time.time()),
         )
 
     def sweep(self, sweep_id: str) -> SweepRecord | None:
-        rows = self._fetch("SELECT sweep_id, tag, workflow, plan, total, concurrency FROM sweeps "
-                           "WHERE sweep_id = ?", (sweep_id,))
+        rows = self._fetch(
+            "SELECT sweep_id, tag, workflow, plan, total, concurrency FROM sweeps WHERE sweep_id = ?", (sweep_id,)
+        )
         if not rows:
             return None
         sid, tag, workflow, plan, total, concurrency = rows[0]
@@ -140,8 +146,9 @@ class Journal:
 
     # -- submissions --------------------------------------------------------------------------
 
-    def record(self, prompt_id: str, *, server: str, prompt: dict, tags: dict | None = None,
-               state: str = "submitting") -> None:
+    def record(
+        self, prompt_id: str, *, server: str, prompt: dict, tags: dict | None = None, state: str = "submitting"
+    ) -> None:
         """Write a submission before its POST (so a crash right after the POST is still known).
         A resubmission keeps the row but moves it to ``server`` (failover)."""
         tags = tags or {}
@@ -149,8 +156,18 @@ class Journal:
         self._execute(
             "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, NULL) "
             "ON CONFLICT (prompt_id) DO UPDATE SET server = excluded.server",
-            (prompt_id, server, tags.get("sweep_id"), tags.get("index"), tags.get("tag"),
-             json.dumps(tags.get("params") or {}), json.dumps(prompt), state, now, now),
+            (
+                prompt_id,
+                server,
+                tags.get("sweep_id"),
+                tags.get("index"),
+                tags.get("tag"),
+                json.dumps(tags.get("params") or {}),
+                json.dumps(prompt),
+                state,
+                now,
+                now,
+            ),
         )
 
     def set_state(self, prompt_id: str, state: str, entry: dict | None = None) -> None:
@@ -177,7 +194,9 @@ class Journal:
                 conn.execute("BEGIN")
                 conn.executemany(
                     "UPDATE submissions SET state = ?, updated_at = ?, outcome = COALESCE(?, outcome) "
-                    f"WHERE prompt_id = ? AND (state NOT IN ({terminal}) OR ? IN ({terminal}))", rows)
+                    f"WHERE prompt_id = ? AND (state NOT IN ({terminal}) OR ? IN ({terminal}))",
+                    rows,
+                )
 
     def claim_resubmit(self, prompt_id: str, attempts: int) -> bool:
         """Compare-and-swap: True for the one caller that may send attempt ``attempts + 1``
@@ -221,8 +240,9 @@ class Journal:
         if sweep_id is None:
             rows = self._fetch(f"SELECT {_COLUMNS} FROM submissions ORDER BY created_at, rowid")
         else:
-            rows = self._fetch(f"SELECT {_COLUMNS} FROM submissions WHERE sweep_id = ? ORDER BY idx, rowid",
-                               (sweep_id,))
+            rows = self._fetch(
+                f"SELECT {_COLUMNS} FROM submissions WHERE sweep_id = ? ORDER BY idx, rowid", (sweep_id,)
+            )
         return [_submission(row) for row in rows]
 
     def prompt(self, prompt_id: str) -> dict:
@@ -238,8 +258,19 @@ _COLUMNS = "prompt_id, server, sweep_id, idx, tag, params, state, attempts, crea
 
 def _submission(row: tuple[Any, ...]) -> Submission:
     pid, server, sweep_id, index, tag, params, state, attempts, created, updated, outcome = row
-    return Submission(pid, server, sweep_id, index, tag, json.loads(params), state, attempts, created, updated,
-                      None if outcome is None else json.loads(outcome))
+    return Submission(
+        pid,
+        server,
+        sweep_id,
+        index,
+        tag,
+        json.loads(params),
+        state,
+        attempts,
+        created,
+        updated,
+        None if outcome is None else json.loads(outcome),
+    )
 
 
 def _outcome(entry: dict | None) -> str | None:
@@ -247,5 +278,10 @@ def _outcome(entry: dict | None) -> str | None:
         return None
     prompt = entry.get("prompt") or ()
     extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
-    return json.dumps({"outputs": entry.get("outputs") or {}, "status": entry.get("status") or {},
-                       "create_time": extra.get("create_time")})
+    return json.dumps(
+        {
+            "outputs": entry.get("outputs") or {},
+            "status": entry.get("status") or {},
+            "create_time": extra.get("create_time"),
+        }
+    )

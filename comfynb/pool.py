@@ -53,17 +53,15 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .capabilities import read_capabilities
 from .errors import (
     Cancelled,
     CapabilityError,
     ComfyError,
-    HTTPStatusError,
     JobLost,
-    ProtocolError,
-    Timeout,
 )
 from .server import DOWN, UP, Server, discard
 from .tracker import CANCELLED, ERROR, INTERRUPTED, LOST, SUCCESS, PromptState
@@ -77,64 +75,6 @@ log = logging.getLogger(__name__)
 AUTO_INFLIGHT = 2  # per server when there are several: one running, one queued behind it
 _MAX_PROBE_DELAY = 5.0
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".pkl")
-
-
-# -- capabilities ----------------------------------------------------------------------------------
-
-
-class Capabilities:
-    """What one server can run, from ``/object_info``: its node classes, and the options of each
-    choice input (a model loader's options are the model files the server has)."""
-
-    def __init__(self, object_info: Mapping[str, Any] | None):
-        self.any = object_info is None  # unknown: assume it can run anything (the server validates)
-        self.classes = frozenset(object_info or ())
-        self.choices: dict[tuple[str, str], frozenset] = {}
-        for cls, info in (object_info or {}).items():
-            inputs = info.get("input") if isinstance(info, dict) else None
-            for section in ("required", "optional"):
-                for name, spec in ((inputs or {}).get(section) or {}).items():
-                    options = _options(spec)
-                    if options is not None:
-                        self.choices[(cls, name)] = options
-
-    def missing(self, prompt: Mapping[str, Any]) -> list[str]:
-        """What ``prompt`` uses that this server lacks: node classes, and model files (a string
-        input with a model file's suffix, not among the options the server lists)."""
-        if self.any:
-            return []
-        lacking = []
-        for nid, node in prompt.items():
-            cls = node.get("class_type")
-            if cls not in self.classes:
-                lacking.append(f"node class {cls} (node {nid})")
-                continue
-            for name, value in (node.get("inputs") or {}).items():
-                if isinstance(value, str) and value.lower().endswith(MODEL_SUFFIXES):
-                    options = self.choices.get((cls, name))
-                    if options is not None and value not in options:
-                        lacking.append(f"model {value!r} for {cls}.{name} (node {nid})")
-        return lacking
-
-
-def _options(spec: Any) -> frozenset | None:
-    """The options of a choice input: ``[[...], {...}]`` or ``["COMBO", {"options": [...]}]``."""
-    if not isinstance(spec, list) or not spec:
-        return None
-    if isinstance(spec[0], list):
-        return frozenset(o for o in spec[0] if isinstance(o, str))
-    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        return frozenset(o for o in spec[1].get("options") or () if isinstance(o, str))
-    return None
-
-
-async def read_capabilities(server: Server) -> Capabilities:
-    """A server's capabilities; if ``/object_info`` cannot be read, it is assumed to have everything."""
-    try:
-        return Capabilities(await server.transport.object_info())
-    except (HTTPStatusError, ProtocolError, Timeout) as exc:
-        log.warning("cannot read what %s can run (%s); sending it any workflow", server.url, exc)
-        return Capabilities(None)
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -164,9 +104,18 @@ def per_server(value: Any, urls: list[str], name: str, default: Any) -> list:
 class Pool:
     """Dispatch, health and failover for a session's servers (see the module docstring)."""
 
-    def __init__(self, session: Session, servers: list[Server], *, weights: Any = None,
-                 max_inflight: Any = "auto", capabilities: bool | None = None, down_after: float = 5.0,
-                 failover_after: float = 30.0, give_up_after: float | None = 300.0):
+    def __init__(
+        self,
+        session: Session,
+        servers: list[Server],
+        *,
+        weights: Any = None,
+        max_inflight: Any = "auto",
+        capabilities: bool | None = None,
+        down_after: float = 5.0,
+        failover_after: float = 30.0,
+        give_up_after: float | None = 300.0,
+    ):
         urls = [s.url for s in servers]
         if len(set(urls)) != len(urls):
             raise ValueError("the same server URL is given twice")
@@ -177,8 +126,10 @@ class Pool:
             if not isinstance(weight, (int, float)) or not weight > 0:
                 raise ValueError(f"weights must be positive numbers, got {weight!r} for {server.url}")
             if limit is not None and (not isinstance(limit, int) or limit < 1):
-                raise ValueError(f"max_inflight must be a whole number >= 1, None (no limit) or 'auto', "
-                                 f"got {limit!r} for {server.url}")
+                raise ValueError(
+                    f"max_inflight must be a whole number >= 1, None (no limit) or 'auto', "
+                    f"got {limit!r} for {server.url}"
+                )
             server.weight = float(weight)
             server.limit = limit
         self.session = session
@@ -240,9 +191,14 @@ class Pool:
             while self.pending:
                 state = self.pending.popleft()
                 self._routes.pop(state.prompt_id, None)
-                self.session._settle_unsent(state, JobLost(
-                    f"every server has been down for {self.give_up_after:g} s ({_down(self.servers)}), so "
-                    f"prompt {state.prompt_id} was given up"), status=LOST)
+                self.session._settle_unsent(
+                    state,
+                    JobLost(
+                        f"every server has been down for {self.give_up_after:g} s ({_down(self.servers)}), so "
+                        f"prompt {state.prompt_id} was given up"
+                    ),
+                    status=LOST,
+                )
             return
         free = [s for s in self.up() if s.limit is None or s.load < s.limit]
         skipped = []
@@ -270,7 +226,8 @@ class Pool:
         """Every server has been down for ``give_up_after`` s."""
         now = time.monotonic()
         return self.give_up_after is not None and all(
-            s.health == DOWN and now - s.down_since >= self.give_up_after for s in self.servers)
+            s.health == DOWN and now - s.down_since >= self.give_up_after for s in self.servers
+        )
 
     def _send(self, state: PromptState, server: Server) -> None:
         self.assign(state, server)
@@ -333,8 +290,13 @@ class Pool:
             return
         server.health, server.down_since = DOWN, time.monotonic()
         held = len(server.tracker.unfinished())
-        log.warning("%s is down (%s); %d job(s) there wait for it, or move after %g s",
-                    server.url, error, held, self.failover_after)
+        log.warning(
+            "%s is down (%s); %d job(s) there wait for it, or move after %g s",
+            server.url,
+            error,
+            held,
+            self.failover_after,
+        )
 
     def _mark_up(self, server: Server) -> None:
         rejoined = server.ever_up
@@ -351,7 +313,7 @@ class Pool:
         try:
             await server.start()
             if self.route:
-                caps = await read_capabilities(server)
+                caps = await read_capabilities(server.transport)
                 if server.caps is None or caps.classes != server.caps.classes or caps.choices != server.caps.choices:
                     server.caps = caps
                     self._generation += 1
@@ -418,8 +380,9 @@ class Pool:
             able = self._able(state)
             if isinstance(able, CapabilityError) or not any(s.health == UP for s in able if s is not server):
                 continue  # nowhere else to go: wait for it
-            self.resubmit(state, server, reason=f"{server.url} has been down for {self.failover_after:g} s",
-                          orphan=True)
+            self.resubmit(
+                state, server, reason=f"{server.url} has been down for {self.failover_after:g} s", orphan=True
+            )
 
     def _give_up(self, server: Server) -> None:
         """End the jobs of a server down for too long that no other server took: lost. Should it
@@ -429,9 +392,14 @@ class Pool:
                 continue  # ends soon, as failed or finished, and is looked at again next time
             server.tracker.forget(state.prompt_id)
             server.orphans[state.prompt_id] = state
-            server.settle(state, LOST, error=JobLost(
-                f"{server.url} has been down for {self.give_up_after:g} s ({server.error}) and no other "
-                f"server took prompt {state.prompt_id}; it was given up"))
+            server.settle(
+                state,
+                LOST,
+                error=JobLost(
+                    f"{server.url} has been down for {self.give_up_after:g} s ({server.error}) and no other "
+                    f"server took prompt {state.prompt_id}; it was given up"
+                ),
+            )
 
     def resubmit(self, state: PromptState, server: Server, *, reason: str, orphan: bool) -> bool:
         """Queue a job again, to go wherever there is room (False: another process sharing the
@@ -445,14 +413,24 @@ class Pool:
             if state.cancel_requested:
                 server.settle(state, CANCELLED, error=Cancelled(f"job {state.prompt_id} was cancelled"))
             else:
-                server.settle(state, LOST, error=JobLost(
-                    f"prompt {state.prompt_id} could not be run: {reason}, after {state.attempts} submission(s) "
-                    f"(max_attempts={session.max_attempts})"))
+                server.settle(
+                    state,
+                    LOST,
+                    error=JobLost(
+                        f"prompt {state.prompt_id} could not be run: {reason}, after {state.attempts} submission(s) "
+                        f"(max_attempts={session.max_attempts})"
+                    ),
+                )
             return True
         if session.journal is not None and not session.journal.may_resubmit(state):
             return False
-        log.warning("%s: submitting prompt %s again (attempt %d of %d)", reason, state.prompt_id,
-                    state.attempts + 1, session.max_attempts)
+        log.warning(
+            "%s: submitting prompt %s again (attempt %d of %d)",
+            reason,
+            state.prompt_id,
+            state.attempts + 1,
+            session.max_attempts,
+        )
         server.tracker.forget(state.prompt_id)
         if orphan:
             server.orphans[state.prompt_id] = state
@@ -498,20 +476,36 @@ class Pool:
         import pandas as pd
 
         now = time.monotonic()
-        rows = [{
-            "url": s.url,
-            "state": s.health,
-            "inflight": s.load,
-            "queue_remaining": s.tracker.queue_remaining,
-            "done": s.done,
-            "failed": s.failed,
-            "weight": s.weight,
-            "max_inflight": s.limit,
-            "down_for": None if s.down_since is None else now - s.down_since,
-            "error": None if s.error is None else f"{type(s.error).__name__}: {s.error}",
-        } for s in self.servers]
-        return pd.DataFrame(rows, columns=["url", "state", "inflight", "queue_remaining", "done", "failed",
-                                           "weight", "max_inflight", "down_for", "error"])
+        rows = [
+            {
+                "url": s.url,
+                "state": s.health,
+                "inflight": s.load,
+                "queue_remaining": s.tracker.queue_remaining,
+                "done": s.done,
+                "failed": s.failed,
+                "weight": s.weight,
+                "max_inflight": s.limit,
+                "down_for": None if s.down_since is None else now - s.down_since,
+                "error": None if s.error is None else f"{type(s.error).__name__}: {s.error}",
+            }
+            for s in self.servers
+        ]
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "url",
+                "state",
+                "inflight",
+                "queue_remaining",
+                "done",
+                "failed",
+                "weight",
+                "max_inflight",
+                "down_for",
+                "error",
+            ],
+        )
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -532,21 +526,3 @@ def _score(server: Server) -> float:
     """Outstanding work after one more prompt, per unit of weight."""
     outstanding = max(server.load, server.tracker.queue_remaining or 0)
     return (outstanding + 1) / server.weight
-
-
-def merge_rows(rows: Iterable[dict], prefer: Mapping[str, str | None] | None = None) -> list[dict]:
-    """One frame row per prompt_id from several servers' histories (a moved prompt can be in two):
-    the server the session attributes it to first, then a success, then the earliest finish."""
-    prefer = prefer or {}
-    best: dict[str, dict] = {}
-
-    def rank(row: dict) -> tuple:
-        finished = row.get("finished_at")
-        return (prefer.get(row["prompt_id"], row["server"]) != row["server"], row["status"] != SUCCESS,
-                float("inf") if finished is None else finished)
-
-    for row in rows:
-        current = best.get(row["prompt_id"])
-        if current is None or rank(row) < rank(current):
-            best[row["prompt_id"]] = row
-    return list(best.values())

@@ -10,7 +10,7 @@ import io
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -97,8 +97,9 @@ class ImageRef:
         args = parse_qs(query, keep_blank_values=True)
         if not base or "filename" not in args:
             raise ValueError(f"not a ComfyUI /view URL: {url!r}")
-        return cls(args["filename"][0], args.get("subfolder", [""])[0], args.get("type", ["output"])[0],
-                   node_id, base, fetcher)
+        return cls(
+            args["filename"][0], args.get("subfolder", [""])[0], args.get("type", ["output"])[0], node_id, base, fetcher
+        )
 
     def _repr_png_(self) -> bytes:
         if self.data.startswith(b"\x89PNG"):
@@ -138,7 +139,7 @@ def _ms_to_datetime(value: Any) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None
 

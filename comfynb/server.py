@@ -80,7 +80,7 @@ class Server:
         self.load = 0  # unfinished jobs dispatched here
         self.weight = 1.0
         self.limit: int | None = None
-        self.caps: Any = None  # pool.Capabilities, once read
+        self.caps: Any = None  # capabilities.Capabilities, once read
         self.orphans: dict[str, PromptState] = {}  # jobs moved away while it was down
         self.done = self.failed = 0
         self.grace = min(_MAX_GRACE, session.reconcile_after)
@@ -153,8 +153,9 @@ class Server:
 
         task.add_done_callback(done)
 
-    def settle(self, state: PromptState, status: str, *, result: Result | None = None,
-               error: BaseException | None = None) -> None:
+    def settle(
+        self, state: PromptState, status: str, *, result: Result | None = None, error: BaseException | None = None
+    ) -> None:
         if settle_once(state, status, result=result, error=error):
             if self.session.journal is not None:
                 self.session.journal.on_settle(state)
@@ -206,7 +207,8 @@ class Server:
             if state.completed:  # the reply was lost, yet our socket saw the prompt finish
                 await self.finalize(state)
             elif isinstance(exc, ValidationError) or (
-                    isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429):
+                isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429
+            ):
                 self.settle(state, ERROR, error=exc)  # refused: it would be refused again
             else:  # unanswered: the server may have it, so it is not sent elsewhere yet
                 state.post_error = exc
@@ -304,10 +306,16 @@ class Server:
             state.unread_since = state.unread_since or now
             give_up = self.session._pool.give_up_after
             if give_up is not None and now - state.unread_since >= give_up:
-                self.settle(state, ERROR, error=TransportError(
-                    f"could not read the outcome of prompt {state.prompt_id} from {self.url} for {give_up:g} s "
-                    f"({exc}); it may still have finished there: session.check() or history_frame() can tell "
-                    "once the server answers", url=self.url))
+                self.settle(
+                    state,
+                    ERROR,
+                    error=TransportError(
+                        f"could not read the outcome of prompt {state.prompt_id} from {self.url} for {give_up:g} s "
+                        f"({exc}); it may still have finished there: session.check() or history_frame() can tell "
+                        "once the server answers",
+                        url=self.url,
+                    ),
+                )
                 return
             log.warning("could not read the outcome of %s from %s (%s); will retry", state.prompt_id, self.url, exc)
             self._retry_at = now + self.grace  # the watchdog reconciles then
@@ -416,11 +424,19 @@ class Server:
                 self.tracker.place(state, QUEUED)
         else:
             policy = "resubmit_lost is off" if not self.session.resubmit_lost else "no attempts left"
-            why = ("its last POST went unanswered: " + str(state.post_error) if state.post_error is not None
-                   else "server restarted?")
-            self.settle(state, LOST, error=JobLost(
-                f"{self.url} no longer knows prompt {state.prompt_id} ({why}) after "
-                f"{state.attempts} submission(s); {policy}"))
+            why = (
+                "its last POST went unanswered: " + str(state.post_error)
+                if state.post_error is not None
+                else "server restarted?"
+            )
+            self.settle(
+                state,
+                LOST,
+                error=JobLost(
+                    f"{self.url} no longer knows prompt {state.prompt_id} ({why}) after "
+                    f"{state.attempts} submission(s); {policy}"
+                ),
+            )
 
     async def cancel(self, state: PromptState) -> None:
         """Queued: delete it from the server's queue. Running: interrupt it by prompt_id."""
@@ -504,8 +520,10 @@ class Server:
             shrink, retry = self.tracker.shrink_at, self._retry_at
             if (shrink is not None and now - shrink >= self.grace) or (retry is not None and now >= retry):
                 self.request_reconcile()
-            elif (now - self.tracker.heard_at >= self.session.reconcile_after
-                  and now - self._last_reconcile >= self.session.reconcile_after):
+            elif (
+                now - self.tracker.heard_at >= self.session.reconcile_after
+                and now - self._last_reconcile >= self.session.reconcile_after
+            ):
                 self.request_reconcile(check_socket=now - self.connection.last_message >= self.session.reconcile_after)
 
     async def _queue(self) -> tuple[set[str], set[str]]:
@@ -519,8 +537,10 @@ class Server:
             listed = [(job["id"], job["status"]) for job in data["jobs"]]
         except (KeyError, TypeError):
             raise ProtocolError(f"{self.url} answered /api/jobs without a job list", url=self.url) from None
-        return ({pid for pid, status in listed if status == "in_progress"},
-                {pid for pid, status in listed if status == "pending"})
+        return (
+            {pid for pid, status in listed if status == "in_progress"},
+            {pid for pid, status in listed if status == "pending"},
+        )
 
     async def ask(self, prompt_id: str) -> dict:
         """What this server says about a prompt: queue position, history status, jobs API record."""
@@ -540,8 +560,9 @@ class Server:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def settle_once(state: PromptState, status: str, *, result: Result | None = None,
-                error: BaseException | None = None) -> bool:
+def settle_once(
+    state: PromptState, status: str, *, result: Result | None = None, error: BaseException | None = None
+) -> bool:
     """End a job once; later calls are ignored (False)."""
     if state.done:
         return False

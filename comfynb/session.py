@@ -116,17 +116,32 @@ class Session:
         self._servers = [
             Server(
                 self,
-                Transport(u, headers=headers, auth=auth, token=token, timeout=timeout, retries=retries,
-                          backoff=backoff, verify_ssl=verify_ssl),
+                Transport(
+                    u,
+                    headers=headers,
+                    auth=auth,
+                    token=token,
+                    timeout=timeout,
+                    retries=retries,
+                    backoff=backoff,
+                    verify_ssl=verify_ssl,
+                ),
             )
             for u in urls
         ]
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._pool = Pool(self, self._servers, weights=weights, max_inflight=max_inflight,
-                          capabilities=capabilities, down_after=down_after, failover_after=failover_after,
-                          give_up_after=give_up_after)
+        self._pool = Pool(
+            self,
+            self._servers,
+            weights=weights,
+            max_inflight=max_inflight,
+            capabilities=capabilities,
+            down_after=down_after,
+            failover_after=failover_after,
+            give_up_after=give_up_after,
+        )
         self._started = _loop.submit(self._pool.start())
 
     @classmethod
@@ -218,8 +233,17 @@ class Session:
         state.progress.nodes_total = len(state.body["prompt"])
         _loop.submit(self._pool.enqueue(state))
 
-    def _adopt(self, prompt_id: str, *, server: str, prompt: dict | None, tags: dict | None, attempts: int,
-               entry: dict | None = None, status: str | None = None) -> Job:
+    def _adopt(
+        self,
+        prompt_id: str,
+        *,
+        server: str,
+        prompt: dict | None,
+        tags: dict | None,
+        attempts: int,
+        entry: dict | None = None,
+        status: str | None = None,
+    ) -> Job:
         """A job for a prompt sent earlier, maybe by another process (on the loop; used by resume).
 
         With ``entry`` or a final ``status`` it ends at once, as recorded. Otherwise the server is
@@ -251,9 +275,17 @@ class Session:
 
     # -- sweeps, input images, history (the logic lives in sweep.py and frames.py) ----------------
 
-    def sweep(self, workflow: Any, *, grid: Mapping | None = None, zip: Mapping | None = None,
-              rows: Iterable[Mapping] | None = None, concurrency: int | None = None, tag: str | None = None,
-              seeds: int | Iterable[int] | None = None) -> _sweep.Sweep:
+    def sweep(
+        self,
+        workflow: Any,
+        *,
+        grid: Mapping | None = None,
+        zip: Mapping | None = None,
+        rows: Iterable[Mapping] | None = None,
+        concurrency: int | None = None,
+        tag: str | None = None,
+        seeds: int | Iterable[int] | None = None,
+    ) -> _sweep.Sweep:
         """One prompt per row of a grid, of aligned lists (``zip``) or of explicit ``rows``, at most
         ``concurrency`` on the servers at once (default: 8, or enough to fill every server's
         ``max_inflight``); ``await sweep`` (or ``sweep.result()``) for the frame.
@@ -263,8 +295,9 @@ class Session:
         """
         if concurrency is None:
             concurrency = self._pool.concurrency()
-        return self._announce(_sweep.start(self, workflow, grid=grid, zip=zip, rows=rows,
-                                           concurrency=concurrency, tag=tag, seeds=seeds))
+        return self._announce(
+            _sweep.start(self, workflow, grid=grid, zip=zip, rows=rows, concurrency=concurrency, tag=tag, seeds=seeds)
+        )
 
     def resume(self, sweep_id: str) -> _sweep.Sweep:
         """Finish a sweep recorded in this session's journal: see :func:`comfynb.sweep.resume`."""
@@ -350,7 +383,9 @@ class Session:
         for job in jobs:
             state = job._state
             where = f"; it may still run on {state.server}" if state.sent else ""
-            settle_once(state, CANCELLED, error=Cancelled(f"the session was closed before job {state.prompt_id} ended{where}"))
+            settle_once(
+                state, CANCELLED, error=Cancelled(f"the session was closed before job {state.prompt_id} ended{where}")
+            )
 
     def close(self) -> None:
         """Close sockets and HTTP sessions (and the embedded simulator); unfinished jobs end as cancelled."""
@@ -412,24 +447,40 @@ class Session:
         for job in self.jobs:
             s = job._state
             p = s.progress
-            rows.append({
-                "prompt_id": s.prompt_id,
-                "status": s.status,
-                "server": s.server,
-                "server_state": health.get(s.server),
-                "age": now - s.submitted_at,
-                "last_event": s.last_event,
-                "since_event": None if s.last_event_at is None else now - s.last_event_at,
-                "events": s.events,
-                "attempts": s.attempts,
-                "number": s.number,
-                "nodes": f"{p.nodes_done}/{p.nodes_total}",
-                "step": f"{p.value}/{p.max}" if p.max else "",
-                "tags": s.tags,
-                "error": None if s.error is None else f"{type(s.error).__name__}: {s.error}",
-            })
-        columns = ["prompt_id", "status", "server", "server_state", "age", "last_event", "since_event", "events",
-                   "attempts", "number", "nodes", "step", "tags", "error"]
+            rows.append(
+                {
+                    "prompt_id": s.prompt_id,
+                    "status": s.status,
+                    "server": s.server,
+                    "server_state": health.get(s.server),
+                    "age": now - s.submitted_at,
+                    "last_event": s.last_event,
+                    "since_event": None if s.last_event_at is None else now - s.last_event_at,
+                    "events": s.events,
+                    "attempts": s.attempts,
+                    "number": s.number,
+                    "nodes": f"{p.nodes_done}/{p.nodes_total}",
+                    "step": f"{p.value}/{p.max}" if p.max else "",
+                    "tags": s.tags,
+                    "error": None if s.error is None else f"{type(s.error).__name__}: {s.error}",
+                }
+            )
+        columns = [
+            "prompt_id",
+            "status",
+            "server",
+            "server_state",
+            "age",
+            "last_event",
+            "since_event",
+            "events",
+            "attempts",
+            "number",
+            "nodes",
+            "step",
+            "tags",
+            "error",
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     def down_servers(self) -> list[str]:
@@ -457,8 +508,14 @@ class Session:
         servers = self._pool.up()
         if state is not None and state.server is not None:
             servers = [s for s in self._servers if s.url == state.server]
-        report: dict = {"prompt_id": prompt_id, "local_status": state.status if state else None,
-                        "server": None, "queue": None, "history": None, "job": None}
+        report: dict = {
+            "prompt_id": prompt_id,
+            "local_status": state.status if state else None,
+            "server": None,
+            "queue": None,
+            "history": None,
+            "job": None,
+        }
         for server in servers:
             report.update(await server.ask(prompt_id))
             if report["queue"] or report["history"] or report["job"]:

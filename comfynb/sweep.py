@@ -98,8 +98,13 @@ class Plan:
     a plan can be journalled and rebuilt in another process.
     """
 
-    def __init__(self, kind: str, axes: list[tuple[str, list]], rows: list[dict] | None = None,
-                 seed: tuple[str, list] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        axes: list[tuple[str, list]],
+        rows: list[dict] | None = None,
+        seed: tuple[str, list] | None = None,
+    ):
         self.kind, self.axes, self.rows, self.seed = kind, axes, rows, seed
         if kind == "grid":
             base = math.prod(len(values) for _, values in axes)
@@ -112,8 +117,11 @@ class Plan:
     @property
     def addresses(self) -> list[str]:
         """Every swept address, in column order."""
-        names = [a for a, _ in self.axes] if self.kind != "rows" else list(
-            dict.fromkeys(k for row in self.rows or () for k in row))
+        names = (
+            [a for a, _ in self.axes]
+            if self.kind != "rows"
+            else list(dict.fromkeys(k for row in self.rows or () for k in row))
+        )
         return names + ([self.seed[0]] if self.seed else [])
 
     def __len__(self) -> int:
@@ -141,14 +149,22 @@ class Plan:
         return params
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "axes": [[a, v] for a, v in self.axes], "rows": self.rows,
-                "seed": list(self.seed) if self.seed else None}
+        return {
+            "kind": self.kind,
+            "axes": [[a, v] for a, v in self.axes],
+            "rows": self.rows,
+            "seed": list(self.seed) if self.seed else None,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping) -> Plan:
         seed = data.get("seed")
-        return cls(data["kind"], [(a, list(v)) for a, v in data["axes"]], data.get("rows"),
-                   (seed[0], list(seed[1])) if seed else None)
+        return cls(
+            data["kind"],
+            [(a, list(v)) for a, v in data["axes"]],
+            data.get("rows"),
+            (seed[0], list(seed[1])) if seed else None,
+        )
 
 
 # -- checking a sweep's definition -------------------------------------------------------------
@@ -169,16 +185,23 @@ def _axis(address: str, values: Any) -> list:
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise WorkflowError(
             f"the values of '{address}' must be a list (or range, array...) of values to sweep, "
-            f"not {type(values).__name__} {values!r:.60}; for one value use a one-item list")
+            f"not {type(values).__name__} {values!r:.60}; for one value use a one-item list"
+        )
     values = list(values)
     if not values:
         raise WorkflowError(f"'{address}' has no values to sweep")
     return values
 
 
-def make_plan(wf: Workflow, *, grid: Mapping | None = None, zip: Mapping | None = None,
-              rows: Iterable[Mapping] | None = None, seeds: int | Iterable[int] | None = None,
-              upload: Callable[[list], dict[int, str]] | None = None) -> Plan:
+def make_plan(
+    wf: Workflow,
+    *,
+    grid: Mapping | None = None,
+    zip: Mapping | None = None,
+    rows: Iterable[Mapping] | None = None,
+    seeds: int | Iterable[int] | None = None,
+    upload: Callable[[list], dict[int, str]] | None = None,
+) -> Plan:
     """Check a sweep's definition against the workflow, before anything is submitted.
 
     Every address must resolve (AddressError, with suggestions), aligned lists must have equal
@@ -204,8 +227,10 @@ def make_plan(wf: Workflow, *, grid: Mapping | None = None, zip: Mapping | None 
             lengths = {a: len(v) for a, v in axes}
             if len(set(lengths.values())) > 1:
                 shown = ", ".join(f"'{a}': {n}" for a, n in lengths.items())
-                raise WorkflowError(f"zip= needs lists of equal length (one value per prompt); got {shown}. "
-                                    "Use grid= for every combination.")
+                raise WorkflowError(
+                    f"zip= needs lists of equal length (one value per prompt); got {shown}. "
+                    "Use grid= for every combination."
+                )
     images = [v for _, values in axes for v in values if is_image(v)]
     images += [v for row in row_list or () for v in row.values() if is_image(v)]
     if images:
@@ -213,8 +238,11 @@ def make_plan(wf: Workflow, *, grid: Mapping | None = None, zip: Mapping | None 
             raise WorkflowError("this sweep has images as values; run it through session.sweep, which uploads them")
         names = upload(images)
         axes = [(a, [names.get(id(v), v) for v in values]) for a, values in axes]
-        row_list = [{a: names.get(id(v), v) for a, v in row.items()} for row in row_list or ()] \
-            if row_list is not None else None
+        row_list = (
+            [{a: names.get(id(v), v) for a, v in row.items()} for row in row_list or ()]
+            if row_list is not None
+            else None
+        )
     axes = [(a, _json(values)) for a, values in axes]
     row_list = _json(row_list)
     seed = _seed_axis(wf, seeds) if seeds is not None else None
@@ -232,10 +260,15 @@ def _seed_axis(wf: Workflow, seeds: int | Iterable[int]) -> tuple[str, list]:
     params = wf.parameters()
     found = params[params.input.isin(_SEED_INPUTS)]
     if len(found) != 1:
-        which = "has no seed input" if found.empty else \
-            f"has several seed inputs ({', '.join(repr(a) for a in found.address)})"
-        raise WorkflowError(f"seeds= needs one seed input, but this workflow {which}; sweep a seed "
-                            "explicitly instead, e.g. grid={'<node>.seed': [1, 2, 3]}")
+        which = (
+            "has no seed input"
+            if found.empty
+            else f"has several seed inputs ({', '.join(repr(a) for a in found.address)})"
+        )
+        raise WorkflowError(
+            f"seeds= needs one seed input, but this workflow {which}; sweep a seed "
+            "explicitly instead, e.g. grid={'<node>.seed': [1, 2, 3]}"
+        )
     address = found.address.iloc[0]
     if isinstance(seeds, bool) or not isinstance(seeds, (int, Iterable)) or isinstance(seeds, (str, bytes)):
         raise WorkflowError(f"seeds= takes a number of seeds or a list of seeds, not {seeds!r:.60}")
@@ -272,8 +305,16 @@ class Sweep:
     at once. ``await sweep`` or ``sweep.result()`` give the results frame (see :mod:`comfynb.frames`).
     """
 
-    def __init__(self, session, workflow: Workflow, plan: Plan, *, concurrency: int = 8,
-                 tag: str | None = None, sweep_id: str | None = None):
+    def __init__(
+        self,
+        session,
+        workflow: Workflow,
+        plan: Plan,
+        *,
+        concurrency: int = 8,
+        tag: str | None = None,
+        sweep_id: str | None = None,
+    ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.session = session
@@ -346,10 +387,22 @@ class Sweep:
     def _adopt(self, sub: Submission):
         """A job for a row sent earlier: settled from the journal if it ended, else looked up on the server."""
         if sub.state in TERMINAL:
-            return self.session._adopt(sub.prompt_id, server=sub.server, prompt=None, tags=sub.tags,
-                                       attempts=sub.attempts, entry=sub.entry(), status=sub.state)
-        return self.session._adopt(sub.prompt_id, server=sub.server, prompt=self.session.journal.prompt(sub.prompt_id),
-                                   tags=sub.tags, attempts=sub.attempts)
+            return self.session._adopt(
+                sub.prompt_id,
+                server=sub.server,
+                prompt=None,
+                tags=sub.tags,
+                attempts=sub.attempts,
+                entry=sub.entry(),
+                status=sub.state,
+            )
+        return self.session._adopt(
+            sub.prompt_id,
+            server=sub.server,
+            prompt=self.session.journal.prompt(sub.prompt_id),
+            tags=sub.tags,
+            attempts=sub.attempts,
+        )
 
     def _future_done(self, fut: concurrent.futures.Future) -> None:
         self._loop.call_soon_threadsafe(self._job_done, fut)
@@ -381,8 +434,9 @@ class Sweep:
         try:
             self._done.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise Timeout(f"sweep {self.sweep_id}: {self._remaining} of {self.plan.total} rows "
-                          f"not finished within {timeout:g} s") from None
+            raise Timeout(
+                f"sweep {self.sweep_id}: {self._remaining} of {self.plan.total} rows not finished within {timeout:g} s"
+            ) from None
         return self.frame()
 
     def done(self) -> bool:
@@ -409,9 +463,14 @@ class Sweep:
             return history_row(job.prompt_id, job.history, job.server)
         error = job.error
         return {
-            "params": self.plan.row(index), "prompt_id": job.prompt_id, "status": job.status,
-            "error": None if error is None else f"{type(error).__name__}: {error}", "server": job.server,
-            "tag": self.tag, "sweep_id": self.sweep_id, "index": index,
+            "params": self.plan.row(index),
+            "prompt_id": job.prompt_id,
+            "status": job.status,
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "server": job.server,
+            "tag": self.tag,
+            "sweep_id": self.sweep_id,
+            "index": index,
         }
 
     def counts(self) -> dict[str, int]:
@@ -473,6 +532,7 @@ async def _fetch_all(session, urls: list[str], limit: int = 8) -> list[bytes | B
                 return await ref._download()
             except ComfyError as exc:
                 return exc
+
     return await asyncio.gather(*(one(u) for u in urls))
 
 
@@ -546,18 +606,20 @@ def save_frame(session, frame: pd.DataFrame, folder: str | os.PathLike) -> Path:
             downloads.append((url, root / name))
         files.append(names)
     results = _loop.run_sync(_fetch_all(session, [u for u, _ in downloads])) if downloads else []
-    for (url, path), data in zip(downloads, results):
+    for (_, path), data in zip(downloads, results):
         if isinstance(data, BaseException):
             raise data
         path.write_bytes(data)
     out = frame.assign(files=pd.Series(files, index=frame.index, dtype=object))
     out.assign(images=out["images"].map(" ".join), files=out["files"].map(" ".join)).to_csv(
-        root / "results.csv", index=False)
+        root / "results.csv", index=False
+    )
     try:
         out.to_parquet(root / "results.parquet", index=False)
     except ImportError as exc:
-        warnings.warn(f"results.parquet not written ({exc}); install pyarrow (pip install 'comfynb[parquet]')",
-                      stacklevel=3)
+        warnings.warn(
+            f"results.parquet not written ({exc}); install pyarrow (pip install 'comfynb[parquet]')", stacklevel=3
+        )
     return root
 
 
@@ -578,20 +640,40 @@ async def upload_everywhere(session, images: list) -> dict[int, str]:
     return names
 
 
-def start(session, workflow: Any, *, grid: Mapping | None = None, zip: Mapping | None = None,
-          rows: Iterable[Mapping] | None = None, concurrency: int = 8, tag: str | None = None,
-          seeds: int | Iterable[int] | None = None) -> Sweep:
+def start(
+    session,
+    workflow: Any,
+    *,
+    grid: Mapping | None = None,
+    zip: Mapping | None = None,
+    rows: Iterable[Mapping] | None = None,
+    concurrency: int = 8,
+    tag: str | None = None,
+    seeds: int | Iterable[int] | None = None,
+) -> Sweep:
     """Check the definition, upload its images, journal it, and start sending rows (see Session.sweep)."""
     if tag is not None and not isinstance(tag, str):
         raise TypeError(f"tag must be a string, not {type(tag).__name__}")
     wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
-    plan = make_plan(wf, grid=grid, zip=zip, rows=rows, seeds=seeds,
-                     upload=lambda images: _loop.run_sync(upload_everywhere(session, images)))
+    plan = make_plan(
+        wf,
+        grid=grid,
+        zip=zip,
+        rows=rows,
+        seeds=seeds,
+        upload=lambda images: _loop.run_sync(upload_everywhere(session, images)),
+    )
     sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
     session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent
     if session.journal is not None:
-        session.journal.add_sweep(sweep.sweep_id, tag=tag, workflow=wf.to_api(), plan=plan.to_json(),
-                                  total=plan.total, concurrency=concurrency)
+        session.journal.add_sweep(
+            sweep.sweep_id,
+            tag=tag,
+            workflow=wf.to_api(),
+            plan=plan.to_json(),
+            total=plan.total,
+            concurrency=concurrency,
+        )
     return sweep._start()
 
 
@@ -611,6 +693,12 @@ def resume(session, sweep_id: str) -> Sweep:
     record = journal.sweep(sweep_id)
     if record is None:
         raise ComfyError(f"no sweep {sweep_id!r} in the journal {journal.path}")
-    sweep = Sweep(session, Workflow.load(record.workflow), Plan.from_json(record.plan),
-                  concurrency=record.concurrency, tag=record.tag, sweep_id=sweep_id)
+    sweep = Sweep(
+        session,
+        Workflow.load(record.workflow),
+        Plan.from_json(record.plan),
+        concurrency=record.concurrency,
+        tag=record.tag,
+        sweep_id=sweep_id,
+    )
     return sweep._start({s.index: s for s in journal.submissions(sweep_id) if s.index is not None})

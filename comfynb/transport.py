@@ -139,9 +139,7 @@ class Transport:
         headers = {str(k): str(v) for k, v in (headers or {}).items()}
         given = [auth is not None, token is not None, any(k.lower() == "authorization" for k in headers)]
         if sum(given) > 1:
-            raise ValueError(
-                "give only one of auth (or user:password in the URL), token, or an Authorization header"
-            )
+            raise ValueError("give only one of auth (or user:password in the URL), token, or an Authorization header")
         secrets = list(headers.values())
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -151,7 +149,7 @@ class Transport:
             headers["Authorization"] = f"Basic {encoded}"
             secrets += [auth[1], encoded]
         self.url = base
-        self._ws_url = "ws" + base[len("http"):] + "/ws"  # http -> ws, https -> wss
+        self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
         # longest first, so a secret containing another is replaced whole
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
@@ -266,8 +264,17 @@ class Transport:
                 return await self._attempts(session, method, path, params=params, json=json, form=form, retry=retry)
         return await self._attempts(self._client(), method, path, params=params, json=json, form=form, retry=retry)
 
-    async def _attempts(self, session: aiohttp.ClientSession, method: str, path: str, *, params: dict | None,
-                        json: Any, form: Callable[[], aiohttp.FormData] | None, retry: bool) -> tuple[int, bytes]:
+    async def _attempts(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        *,
+        params: dict | None,
+        json: Any,
+        form: Callable[[], aiohttp.FormData] | None,
+        retry: bool,
+    ) -> tuple[int, bytes]:
         url = self.url + path
         attempts = 1 + self.retries if retry else 1
         attempt = 0
@@ -290,9 +297,7 @@ class Transport:
             if error is not None:
                 raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
             delay = min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY) * random.uniform(0.5, 1.5)
-            log.debug(
-                "%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay
-            )
+            log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
 
     # -- API --------------------------------------------------------------------------------
@@ -462,9 +467,7 @@ class Transport:
                     status=exc.status,
                 )
             else:
-                error = ProtocolError(
-                    f"{self.url} {_NOT_COMFY}: no WebSocket at /ws (HTTP {exc.status})", url=self.url
-                )
+                error = ProtocolError(f"{self.url} {_NOT_COMFY}: no WebSocket at /ws (HTTP {exc.status})", url=self.url)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = self._connection_error(exc, "WebSocket connect", 1)
         raise error  # not chained: aiohttp's exception holds the request headers

@@ -49,8 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Node", "Workflow"]
 
 _EXPORT_HINT = (
-    "In ComfyUI: enable Dev mode options in settings, then Workflow > Export (API) / Save (API), "
-    "and load that file."
+    "In ComfyUI: enable Dev mode options in settings, then Workflow > Export (API) / Save (API), and load that file."
 )
 
 
@@ -405,8 +404,7 @@ def _checked_graph(graph: Any, what: str) -> dict[str, dict]:
     """A plain, JSON-ready copy of ``graph``, or WorkflowError naming the node and the fix."""
     if not isinstance(graph, Mapping):
         raise WorkflowError(
-            f"{what} must be a JSON object mapping node ids to nodes (API format), "
-            f"not a {type(graph).__name__}."
+            f"{what} must be a JSON object mapping node ids to nodes (API format), not a {type(graph).__name__}."
         )
     ui_keys = isinstance(graph.get("nodes"), list) or isinstance(graph.get("links"), list)
     if ui_keys or "last_node_id" in graph:
@@ -440,9 +438,7 @@ def _checked_graph(graph: Any, what: str) -> dict[str, dict]:
                 f"node '{nid}' ({class_type}) {problem}: 'inputs' must be an object of input name "
                 "-> value (use {} for a node without inputs)."
             )
-        checked = {
-            k: _plain(v, f"node '{nid}' ({class_type}) key '{k}'") for k, v in node.items() if k != "inputs"
-        }
+        checked = {k: _plain(v, f"node '{nid}' ({class_type}) key '{k}'") for k, v in node.items() if k != "inputs"}
         checked["inputs"] = {}
         for name, value in inputs.items():
             if not isinstance(name, str):

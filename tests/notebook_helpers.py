@@ -50,8 +50,11 @@ class CommLog:
         return sum(1 for kind, _, _ in self.sent if kind == msg_type)
 
     def updates(self) -> list[tuple[str, dict]]:
-        return [(cid, data["state"]) for kind, cid, data in self.sent
-                if kind == "comm_msg" and data.get("method") == "update"]
+        return [
+            (cid, data["state"])
+            for kind, cid, data in self.sent
+            if kind == "comm_msg" and data.get("method") == "update"
+        ]
 
 
 @pytest.fixture

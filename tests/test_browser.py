@@ -26,8 +26,16 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "02_concurrent_sweeps.ipynb"
 OUTPUT = ROOT / "test-output" / "browser"
@@ -40,15 +48,16 @@ if not os.access(CHROMIUM, os.X_OK):
     if os.environ.get("CI") == "true":
         raise RuntimeError(f"CI=true but no Chromium at {CHROMIUM}: .ci/run should have installed it")
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')"
+)
 pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (pip install -e '.[browser]')")
 pytest.importorskip("ipywidgets", reason="ipywidgets is not installed (pip install -e '.[dev]')")
 
 # Lab settings: every cell in the DOM (no virtual scrolling), no news or update checks.
 SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                        "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
 }
 
 # JavaScript run in the page.
@@ -98,17 +107,36 @@ def lab(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
     env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_URL", "COMFYUI_WORKFLOW")}  # the simulator
-    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), IPYTHONDIR=str(tmp_path / "ipython"))
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
     port = free_port()
     log_path = tmp_path / "lab.log"
     with open(log_path, "w") as log:
         # sys.executable: the kernel (the "python3" kernelspec) runs in this environment too
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip", "127.0.0.1",
-             f"--port={port}", "--IdentityProvider.token=", f"--ServerApp.root_dir={work}",
-             f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--allow-root",
+                "--no-browser",
+                "--ip",
+                "127.0.0.1",
+                f"--port={port}",
+                "--IdentityProvider.token=",
+                f"--ServerApp.root_dir={work}",
+                f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+                f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -164,8 +192,10 @@ def run_all_and_check(page, address: str) -> list:
     restart_and_run_all(page)
 
     # The sweep's aggregate bar reaches N/N: the label says so, and the bar is full...
-    page.wait_for_function(f"() => {{ const a = ({AGGREGATE})({json.dumps(TAG)});"
-                           f" return a && a.label.includes('{ROWS}/{ROWS}'); }}", timeout=45_000)
+    page.wait_for_function(
+        f"() => {{ const a = ({AGGREGATE})({json.dumps(TAG)}); return a && a.label.includes('{ROWS}/{ROWS}'); }}",
+        timeout=45_000,
+    )
     aggregate = page.evaluate(AGGREGATE, TAG)
     assert re.search(rf"(^|\D){ROWS}/{ROWS}(\D|$)", aggregate["label"]), aggregate
     assert aggregate["width"] == "100%", aggregate
@@ -201,8 +231,11 @@ def test_restart_and_run_all_shows_the_finished_sweep_and_the_contact_sheet(lab)
             except Exception:
                 OUTPUT.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=OUTPUT / "failure.png")
-                state = {"aggregate": page.evaluate(AGGREGATE, TAG), "prompts": page.evaluate(PROMPTS),
-                         "stderr": page.evaluate(STDERR)}
+                state = {
+                    "aggregate": page.evaluate(AGGREGATE, TAG),
+                    "prompts": page.evaluate(PROMPTS),
+                    "stderr": page.evaluate(STDERR),
+                }
                 print(f"page at the failure (screenshot: {OUTPUT / 'failure.png'}): {json.dumps(state)}")
                 print("browser console:\n" + "\n".join(console[-40:]))
                 print("JupyterLab's log, last lines:\n" + log.read_text()[-4000:])

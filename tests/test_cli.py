@@ -25,17 +25,40 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "comfynb.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "comfynb.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``comfynb sim`` in a subprocess (port 0: a free one), stopped by SIGTERM like a service."""
     root = tmp_path_factory.mktemp("sim")
-    proc = subprocess.Popen([sys.executable, "-m", "comfynb.cli", "sim", "--port", "0", "--node-time", "0",
-                             "--step-time", "0", "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "comfynb.cli",
+            "sim",
+            "--port",
+            "0",
+            "--node-time",
+            "0",
+            "--step-time",
+            "0",
+            "--root",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on http://" in line, line + proc.stderr.read()
@@ -100,7 +123,8 @@ def test_demo_sweeps_on_a_simulator_and_writes_its_folder(tmp_path):
     folder = tmp_path / "comfynb-demo"
     frame = check_saved(folder, 12)
     assert set(zip(frame["KSampler.seed"], frame["KSampler.cfg"])) == {
-        (s, c) for s in (1, 2, 3, 4) for c in (3.0, 5.5, 8.0)}
+        (s, c) for s in (1, 2, 3, 4) for c in (3.0, 5.5, 8.0)
+    }
     with Image.open(folder / "contact_sheet.png") as sheet:
         assert sheet.width > 4 * 128 and sheet.height > 3 * 128
 
@@ -109,8 +133,23 @@ def test_demo_sweeps_on_a_simulator_and_writes_its_folder(tmp_path):
 
 
 def test_run_saves_a_sweep_that_history_reads_back(server, workflow, tmp_path):
-    done = cli("run", str(workflow), "--server", server, *SMALL, "--grid", "KSampler.seed=1,2",
-               "--grid", "KSampler.cfg=4,7.5", "--tag", "cli-run", "--concurrency", "2", "--out", str(tmp_path / "out"))
+    done = cli(
+        "run",
+        str(workflow),
+        "--server",
+        server,
+        *SMALL,
+        "--grid",
+        "KSampler.seed=1,2",
+        "--grid",
+        "KSampler.cfg=4,7.5",
+        "--tag",
+        "cli-run",
+        "--concurrency",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert done.returncode == 0, done.stderr
     assert f"Running 4 prompt(s) of {workflow} on {server}" in done.stdout
     frame = check_saved(tmp_path / "out", 4)
@@ -129,8 +168,12 @@ def test_run_saves_a_sweep_that_history_reads_back(server, workflow, tmp_path):
     assert again["prompt_id"].tolist() == frame["prompt_id"].tolist()
     assert again[["KSampler.seed", "KSampler.cfg"]].equals(frame[["KSampler.seed", "KSampler.cfg"]])
 
-    assert cli("history", "--server", server, "--tag", "cli-run", "--limit", "1", "--out",
-               str(tmp_path / "h.csv")).returncode == 0
+    assert (
+        cli(
+            "history", "--server", server, "--tag", "cli-run", "--limit", "1", "--out", str(tmp_path / "h.csv")
+        ).returncode
+        == 0
+    )
     newest = pd.read_csv(tmp_path / "h.csv")
     assert newest["index"].tolist() == [3] and newest["images"][0].startswith(server + "/view?")
 
@@ -138,8 +181,20 @@ def test_run_saves_a_sweep_that_history_reads_back(server, workflow, tmp_path):
 
 
 def test_run_parses_values_as_json_or_text(workflow, tmp_path):
-    done = cli("run", str(workflow), "--simulate", *SMALL, "--set", "KSampler.seed=5", "--set", "7.text=blurry, dark",
-               "--grid", '6.text=["a cat, sitting", "a dog"]', "--out", str(tmp_path / "out"))
+    done = cli(
+        "run",
+        str(workflow),
+        "--simulate",
+        *SMALL,
+        "--set",
+        "KSampler.seed=5",
+        "--set",
+        "7.text=blurry, dark",
+        "--grid",
+        '6.text=["a cat, sitting", "a dog"]',
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert done.returncode == 0, done.stderr
     frame = check_saved(tmp_path / "out", 2)
     made = [read_params((tmp_path / "out" / files[0]).read_bytes()) for files in frame["files"]]
@@ -149,8 +204,17 @@ def test_run_parses_values_as_json_or_text(workflow, tmp_path):
 
 
 def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
-    done = cli("run", str(workflow), "--server", server, *SMALL, "--set", "4.ckpt_name=missing.safetensors",
-               "--out", str(tmp_path / "out"))
+    done = cli(
+        "run",
+        str(workflow),
+        "--server",
+        server,
+        *SMALL,
+        "--set",
+        "4.ckpt_name=missing.safetensors",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert done.returncode == 1
     assert "1 of 1 prompt(s) did not succeed" in done.stderr and "missing.safetensors" in done.stderr
     assert "Traceback" not in done.stderr
@@ -160,13 +224,16 @@ def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
 # -- mistakes and failures -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--grid", "KSampler.sed=1,2"], "has no input 'sed' (address 'KSampler.sed'). Did you mean 'KSampler.seed'"),
-    (["--set", "CLIP Text Encode (Prompt).text=x"], "ambiguous: title 'CLIP Text Encode (Prompt)' names 2 nodes"),
-    (["--set", "KSampler.cfg=NaN"], "not valid JSON"),
-    (["--grid", "KSampler.seed"], "expected ADDRESS=VALUE"),
-    (["--concurrency", "0"], "--concurrency: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "KSampler.sed=1,2"], "has no input 'sed' (address 'KSampler.sed'). Did you mean 'KSampler.seed'"),
+        (["--set", "CLIP Text Encode (Prompt).text=x"], "ambiguous: title 'CLIP Text Encode (Prompt)' names 2 nodes"),
+        (["--set", "KSampler.cfg=NaN"], "not valid JSON"),
+        (["--grid", "KSampler.seed"], "expected ADDRESS=VALUE"),
+        (["--concurrency", "0"], "--concurrency: must be at least 1"),
+    ],
+)
 def test_usage_errors_exit_2_before_contacting_the_server(args, message, workflow, tmp_path):
     done = cli("run", str(workflow), "--server", "http://127.0.0.1:1", *args, "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
@@ -184,7 +251,9 @@ def test_an_unreachable_server_is_named_with_a_hint(workflow, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    for done in (cli("run", str(workflow), "--server", url, "--out", str(tmp_path / "out")),
-                 cli("history", "--server", url)):
+    for done in (
+        cli("run", str(workflow), "--server", url, "--out", str(tmp_path / "out")),
+        cli("history", "--server", url),
+    ):
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert f"cannot talk to ComfyUI at {url}" in done.stderr and "start one with `comfynb sim`" in done.stderr

@@ -55,7 +55,9 @@ def test_result_lists_what_it_cannot_fetch(make_session, formatter):
     async def server_gone(*_):
         raise ServerUnavailable("connection refused", url=result.server)
 
-    unreachable = dataclasses.replace(result, images=[dataclasses.replace(r, fetcher=server_gone) for r in result.images])
+    unreachable = dataclasses.replace(
+        result, images=[dataclasses.replace(r, fetcher=server_gone) for r in result.images]
+    )
     html, _ = shown(formatter, unreachable)
     assert "<img" not in html and result.images[0].filename in html and "ServerUnavailable" in html
 
@@ -75,9 +77,20 @@ def test_validation_error_is_a_table_of_node_inputs(make_session, formatter):
 
 
 def test_error_text_from_the_server_is_escaped(formatter):
-    error = ValidationError("rejected <b>", type="prompt_outputs_failed_validation", node_errors=[
-        NodeError("3", "Evil<script>", "value_not_in_list", "bad <img src=x onerror=alert(1)>",
-                  input_name="a&b", received="<i>")])
+    error = ValidationError(
+        "rejected <b>",
+        type="prompt_outputs_failed_validation",
+        node_errors=[
+            NodeError(
+                "3",
+                "Evil<script>",
+                "value_not_in_list",
+                "bad <img src=x onerror=alert(1)>",
+                input_name="a&b",
+                received="<i>",
+            )
+        ],
+    )
     html, _ = shown(formatter, error)
     assert "<script>" not in html and "<img" not in html and "<i>" not in html
     assert "Evil&lt;script&gt;" in html and "a&amp;b" in html

@@ -15,36 +15,71 @@ from comfynb.results import ImageRef
 SERVER = "http://127.0.0.1:8188"
 
 
-def entry(pid, *, end="success", index=0, params=None, status_str=None, images=("a.png",), create=1000,
-          start=1100, finish=1600, tags=True):
-    messages = [["execution_start", {"prompt_id": pid, "timestamp": start}],
-                ["execution_cached", {"nodes": [], "prompt_id": pid, "timestamp": start}]]
+def entry(
+    pid,
+    *,
+    end="success",
+    index=0,
+    params=None,
+    status_str=None,
+    images=("a.png",),
+    create=1000,
+    start=1100,
+    finish=1600,
+    tags=True,
+):
+    messages = [
+        ["execution_start", {"prompt_id": pid, "timestamp": start}],
+        ["execution_cached", {"nodes": [], "prompt_id": pid, "timestamp": start}],
+    ]
     if end == "success":
         messages.append(["execution_success", {"prompt_id": pid, "timestamp": finish}])
     elif end == "interrupted":
-        messages.append(["execution_interrupted", {"prompt_id": pid, "node_id": "3", "node_type": "KSampler",
-                                                   "executed": [], "timestamp": finish}])
+        messages.append(
+            [
+                "execution_interrupted",
+                {"prompt_id": pid, "node_id": "3", "node_type": "KSampler", "executed": [], "timestamp": finish},
+            ]
+        )
     elif end == "error":
-        messages.append(["execution_error", {"prompt_id": pid, "node_id": "2", "node_type": "ImageToMask",
-                                             "exception_type": "IndexError",
-                                             "exception_message": "index 3 is out of bounds\n",
-                                             "traceback": [], "timestamp": finish}])
+        messages.append(
+            [
+                "execution_error",
+                {
+                    "prompt_id": pid,
+                    "node_id": "2",
+                    "node_type": "ImageToMask",
+                    "exception_type": "IndexError",
+                    "exception_message": "index 3 is out of bounds\n",
+                    "traceback": [],
+                    "timestamp": finish,
+                },
+            ]
+        )
     extra = {"client_id": "c", "create_time": create}
     if tags:
-        extra["comfynb"] = {"tag": "t", "sweep_id": "s", "index": index,
-                            "params": {"KSampler.seed": index, "KSampler.cfg": 4.0} if params is None else params}
+        extra["comfynb"] = {
+            "tag": "t",
+            "sweep_id": "s",
+            "index": index,
+            "params": {"KSampler.seed": index, "KSampler.cfg": 4.0} if params is None else params,
+        }
     return {
         "prompt": [index, pid, {}, extra, ["9"]],
         "outputs": {"9": {"images": [{"filename": f, "subfolder": "", "type": "output"} for f in images]}},
-        "status": {"status_str": status_str or ("success" if end == "success" else "error"),
-                   "completed": end == "success", "messages": messages},
+        "status": {
+            "status_str": status_str or ("success" if end == "success" else "error"),
+            "completed": end == "success",
+            "messages": messages,
+        },
         "meta": {},
     }
 
 
 def test_columns_params_first_then_fixed_in_order():
-    df = frame_from_history([("p0", entry("p0")), ("p1", entry("p1", index=1, params={"KSampler.seed": 1,
-                                                                                       "Other.x": "y"}))], SERVER)
+    df = frame_from_history(
+        [("p0", entry("p0")), ("p1", entry("p1", index=1, params={"KSampler.seed": 1, "Other.x": "y"}))], SERVER
+    )
     assert list(df.columns) == ["KSampler.seed", "KSampler.cfg", "Other.x", *COLUMNS]
     assert df["KSampler.seed"].tolist() == [0, 1]
     assert pd.isna(df.loc[1, "KSampler.cfg"]) and pd.isna(df.loc[0, "Other.x"])
@@ -53,8 +88,9 @@ def test_columns_params_first_then_fixed_in_order():
 
 
 def test_timings_are_utc_and_durations_seconds():
-    df = frame_from_history([("p0", entry("p0", create=1_767_800_000_000, start=1_767_800_000_250,
-                                          finish=1_767_800_002_000))], SERVER)
+    df = frame_from_history(
+        [("p0", entry("p0", create=1_767_800_000_000, start=1_767_800_000_250, finish=1_767_800_002_000))], SERVER
+    )
     row = df.iloc[0]
     assert str(row.queued_at.tz) == "UTC"
     assert row.queued_at == pd.Timestamp(1_767_800_000_000, unit="ms", tz="UTC")
@@ -62,12 +98,15 @@ def test_timings_are_utc_and_durations_seconds():
 
 
 def test_outcomes_come_from_messages():
-    df = frame_from_history([
-        ("ok", entry("ok")),
-        ("int", entry("int", end="interrupted")),                        # ComfyUI records "error"
-        ("err", entry("err", end="error")),
-        ("cycle", entry("cycle", end="error", status_str="success")),    # status_str lies (protocol §5.5)
-    ], SERVER)
+    df = frame_from_history(
+        [
+            ("ok", entry("ok")),
+            ("int", entry("int", end="interrupted")),  # ComfyUI records "error"
+            ("err", entry("err", end="error")),
+            ("cycle", entry("cycle", end="error", status_str="success")),  # status_str lies (protocol §5.5)
+        ],
+        SERVER,
+    )
     assert df.status.tolist() == ["success", "interrupted", "error", "error"]
     assert list(df.status.cat.categories) == list(STATUSES)
     assert pd.isna(df.error[0])
@@ -77,8 +116,16 @@ def test_outcomes_come_from_messages():
 
 def test_blocked_execution_error_is_not_an_outcome():
     e = entry("b")
-    blocked = ["execution_error", {"prompt_id": "b", "node_id": "5", "node_type": "X",
-                                   "exception_type": "ExecutionBlocked", "exception_message": "Execution Blocked"}]
+    blocked = [
+        "execution_error",
+        {
+            "prompt_id": "b",
+            "node_id": "5",
+            "node_type": "X",
+            "exception_type": "ExecutionBlocked",
+            "exception_message": "Execution Blocked",
+        },
+    ]
     e["status"]["messages"].insert(2, blocked)
     row = history_row("b", e, SERVER)
     assert row["status"] == "success" and row["error"] is None
@@ -96,8 +143,10 @@ def test_foreign_and_old_entries():
 
 def test_images_are_view_urls_that_never_need_quoting_by_hand():
     e = entry("p", images=("a b&c.png",))
-    e["outputs"]["7"] = {"gifs": [{"filename": "g.webp", "subfolder": "sub/dir", "type": "temp"}],
-                         "text": ["not an image"]}
+    e["outputs"]["7"] = {
+        "gifs": [{"filename": "g.webp", "subfolder": "sub/dir", "type": "temp"}],
+        "text": ["not an image"],
+    }
     urls = history_row("p", e, SERVER)["images"]
     assert len(urls) == 2  # in node order, like Result.images
     assert urls[0] == image_url(SERVER, {"filename": "g.webp", "subfolder": "sub/dir", "type": "temp"})
@@ -118,9 +167,21 @@ def test_empty_frame_has_the_columns():
 
 def test_parquet_round_trip():
     pytest.importorskip("pyarrow")
-    df = frame_from_history([(f"p{i}", entry(f"p{i}", index=i, end=("success", "interrupted")[i % 2],
-                                              images=(f"{i}.png", f"{i}b.png")[: 1 + i % 2]))
-                             for i in range(6)], SERVER)
+    df = frame_from_history(
+        [
+            (
+                f"p{i}",
+                entry(
+                    f"p{i}",
+                    index=i,
+                    end=("success", "interrupted")[i % 2],
+                    images=(f"{i}.png", f"{i}b.png")[: 1 + i % 2],
+                ),
+            )
+            for i in range(6)
+        ],
+        SERVER,
+    )
     buffer = io.BytesIO()
     df.to_parquet(buffer)
     back = pd.read_parquet(io.BytesIO(buffer.getvalue()))

@@ -121,8 +121,6 @@ def test_forked_child_opens_its_own_connection(tmp_path):
 # -- recovery: a killed kernel, a restarted server ------------------------------------------------
 
 
-
-
 REPO = Path(__file__).resolve().parents[1]
 TXT2IMG = Path(comfynb.sim.__file__).parent / "workflows" / "default_txt2img.json"
 CHILD = """
@@ -174,8 +172,13 @@ def test_recovery_after_a_killed_kernel_and_a_restarted_server(tmp_path):
     sim = Simulator(node_times={"KSampler": 0.15}, root=tmp_path / "sim")
     with sim.running():
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        child = subprocess.Popen([sys.executable, "-c", CHILD, sim.url, str(journal_path), str(TXT2IMG)],
-                                 stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, sim.url, str(journal_path), str(TXT2IMG)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         try:
             sweep_id = child.stdout.readline().strip()
             assert child.stdout.readline().strip() == "ready"
@@ -209,8 +212,10 @@ def test_recovery_after_a_killed_kernel_and_a_restarted_server(tmp_path):
         by_index = dict(zip(final["index"], final.prompt_id))
         assert set(resent) == lost | {by_index[i] for i in never_sent}
         assert sim.engine.counter == len(resent)  # every POST since the restart is in that set: none twice
-        print(f"recovery: {len(df)} finished before the restart, {len(lost)} lost and sent again, "
-              f"{len(never_sent)} never sent by the killed process")
+        print(
+            f"recovery: {len(df)} finished before the restart, {len(lost)} lost and sent again, "
+            f"{len(never_sent)} never sent by the killed process"
+        )
         attempts = {s.prompt_id: s.attempts for s in Journal(journal_path).submissions(sweep_id)}
         assert {pid for pid, n in attempts.items() if n == 2} == lost and set(attempts.values()) <= {1, 2}
         assert len(attempts) == 40

@@ -56,8 +56,9 @@ def kernel():
     """A kernel of this environment, as the notebooks get (see --nbval-current-env in pyproject)."""
     from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager
 
-    manager = jupyter_client.KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME,
-                                           kernel_spec_manager=NbvalKernelspecManager())
+    manager = jupyter_client.KernelManager(
+        kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager()
+    )
     manager.start_kernel()
     client = manager.client()
     client.start_channels()
@@ -94,26 +95,33 @@ def test_sync_and_async_waiting_mixed_in_a_kernel(kernel):
     assert text(kernel.run("result = await job\nprint(result.status)")) == "success\n"
     assert kernel.count("comm_msg") > before  # updated by the flusher thread while the cell awaited
 
-    outputs = kernel.run("jobs = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(6)]\n"
-                         "results = await asyncio.gather(*jobs)\n"
-                         "print(len(results), {r.status for r in results})")
+    outputs = kernel.run(
+        "jobs = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(6)]\n"
+        "results = await asyncio.gather(*jobs)\n"
+        "print(len(results), {r.status for r in results})"
+    )
     assert widgets(outputs) == 1 and text(outputs) == "6 {'success'}\n"  # one widget for the six jobs
 
-    outputs = kernel.run("print(job.result(timeout=30).status, "
-                         "sorted(j.status for j in cn.as_completed(jobs, timeout=30)))")
+    outputs = kernel.run(
+        "print(job.result(timeout=30).status, sorted(j.status for j in cn.as_completed(jobs, timeout=30)))"
+    )
     assert text(outputs) == "success " + str(["success"] * 6) + "\n"
 
-    outputs = kernel.run("more = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(10, 13)]\n"
-                         "print([j.status async for j in cn.as_completed(more, timeout=30)])")
+    outputs = kernel.run(
+        "more = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(10, 13)]\n"
+        "print([j.status async for j in cn.as_completed(more, timeout=30)])"
+    )
     assert text(outputs) == str(["success"] * 3) + "\n"
 
-    outputs = kernel.run("import nest_asyncio\nnest_asyncio.apply()\n"
-                         "again = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(20, 23)]\n"
-                         "first = await again[0]\n"
-                         "rest = await asyncio.gather(*again)\n"
-                         "print(first.status, [r.status for r in rest], again[1].result(timeout=30).status,\n"
-                         "      len(list(cn.as_completed(again, timeout=30))),\n"
-                         "      [j.status async for j in cn.as_completed(again, timeout=30)])")
+    outputs = kernel.run(
+        "import nest_asyncio\nnest_asyncio.apply()\n"
+        "again = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(20, 23)]\n"
+        "first = await again[0]\n"
+        "rest = await asyncio.gather(*again)\n"
+        "print(first.status, [r.status for r in rest], again[1].result(timeout=30).status,\n"
+        "      len(list(cn.as_completed(again, timeout=30))),\n"
+        "      [j.status async for j in cn.as_completed(again, timeout=30)])"
+    )
     assert text(outputs) == "success ['success', 'success', 'success'] success 3 " + str(["success"] * 3) + "\n"
     kernel.run("session.close()")
 
@@ -123,17 +131,21 @@ def test_rich_display_and_bounded_widget_traffic(kernel):
     outputs = kernel.run("result = job.result(timeout=30)\nresult")
     html = outputs[-1]["content"]["data"]["text/html"]
     assert outputs[-1]["msg_type"] == "execute_result" and '<img src="data:image/jpeg;base64,' in html
-    kernel.run("session.close()\n"
-               "session = cn.Session.simulated()\n"  # no simulated work: events as fast as they come
-               "wf['KSampler.steps'] = 30")
+    kernel.run(
+        "session.close()\n"
+        "session = cn.Session.simulated()\n"  # no simulated work: events as fast as they come
+        "wf['KSampler.steps'] = 30"
+    )
     kernel.drain()
     opened, sent = kernel.count("comm_open"), kernel.count("comm_msg")
-    outputs = kernel.run("import time\nstarted = time.monotonic()\n"
-                         "many = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(100, 300)]\n"
-                         "for j in cn.as_completed(many, timeout=60): pass\n"
-                         "took = time.monotonic() - started\n"
-                         "time.sleep(0.6)\n"  # the flusher shows the end
-                         "print(sum(j.events for j in many), took)")
+    outputs = kernel.run(
+        "import time\nstarted = time.monotonic()\n"
+        "many = [session.submit(wf.with_values({'KSampler.seed': s})) for s in range(100, 300)]\n"
+        "for j in cn.as_completed(many, timeout=60): pass\n"
+        "took = time.monotonic() - started\n"
+        "time.sleep(0.6)\n"  # the flusher shows the end
+        "print(sum(j.events for j in many), took)"
+    )
     events, took = text(outputs).split()
     kernel.drain()
     assert widgets(outputs) == 1

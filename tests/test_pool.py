@@ -12,15 +12,14 @@ import time
 import urllib.request
 
 import pytest
+from core.conftest import txt2img
 
-from comfynb import CapabilityError, Cancelled, Interrupted, JobLost, Session, Timeouts, Workflow, as_completed
-from comfynb.frames import history_frame
-from comfynb.pool import Capabilities, merge_rows
+from comfynb import Cancelled, CapabilityError, Interrupted, JobLost, Session, Timeouts, Workflow, as_completed
+from comfynb.capabilities import Capabilities
+from comfynb.frames import history_frame, merge_rows
 from comfynb.sim import Simulator
 from comfynb.sim.images import read_params
 from comfynb.sim.library import load_workflow
-
-from core.conftest import txt2img
 
 FAST = {
     "reconcile_after": 0.3,
@@ -85,9 +84,11 @@ def in_background(fn, *args):
 
 
 def invert_workflow() -> dict:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
-            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}}
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    }
 
 
 # -- dispatch ----------------------------------------------------------------------------------------
@@ -217,13 +218,17 @@ def test_capability_routing_sends_each_workflow_where_it_can_run(start, connect)
 
 
 def test_capabilities_read_both_option_formats():
-    caps = Capabilities({
-        "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors"], {}]}}},
-        "Lora": {"input": {"optional": {"lora_name": ["COMBO", {"options": ["l.pt"]}]}}},
-    })
-    prompt = {"1": {"class_type": "Loader", "inputs": {"ckpt_name": "a.safetensors"}},
-              "2": {"class_type": "Lora", "inputs": {"lora_name": "other.pt"}},
-              "3": {"class_type": "Missing", "inputs": {}}}
+    caps = Capabilities(
+        {
+            "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors"], {}]}}},
+            "Lora": {"input": {"optional": {"lora_name": ["COMBO", {"options": ["l.pt"]}]}}},
+        }
+    )
+    prompt = {
+        "1": {"class_type": "Loader", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "Lora", "inputs": {"lora_name": "other.pt"}},
+        "3": {"class_type": "Missing", "inputs": {}},
+    }
     assert caps.missing(prompt) == ["model 'other.pt' for Lora.lora_name (node 2)", "node class Missing (node 3)"]
     assert Capabilities(None).missing(prompt) == []
 
@@ -296,8 +301,9 @@ def test_cut_off_server_that_finished_the_jobs_keeps_them_and_nothing_runs_twice
     # back (its probes back off up to 5 s), so the copies moved here are still queued when it rejoins
     busy = start(node_times={"ImageBlur": 3.0})
     session = connect([cut.url, busy.url], weights={cut.url: 10}, max_inflight={cut.url: 4})
-    with urllib.request.urlopen(urllib.request.Request(
-            f"{busy.url}/prompt", data=json.dumps({"prompt": load_workflow("slow")}).encode())) as resp:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{busy.url}/prompt", data=json.dumps({"prompt": load_workflow("slow")}).encode())
+    ) as resp:
         assert resp.status == 200
     wait_until(lambda: busy.engine.running is not None and session.servers().queue_remaining.iloc[1] == 1)
     jobs = [session.submit(txt2img(seed), tags="cut") for seed in range(3)]
@@ -400,7 +406,7 @@ def test_jobs_end_within_a_bound_when_every_server_is_gone(connect):
         wait_until(lambda: [job.status for job in jobs] == ["running", "queued", "pending", "pending"])
     started = time.monotonic()
     late = session.submit(txt2img(9))
-    for job in as_completed(jobs + [late], timeout=WAIT):
+    for job in as_completed([*jobs, late], timeout=WAIT):
         with pytest.raises(JobLost, match="been down for 1 s") as info:
             job.result()
         assert job.status == "lost" and sim.url in str(info.value)

@@ -42,7 +42,9 @@ def test_job_widget_shows_steps_preview_then_thumbnails(make_session, comms):
         time.sleep(0.01)
     assert seen == {"steps", "preview"}
     frames = [state for cid, state in comms.updates() if cid == view._preview.comm.comm_id and "value" in state]
-    assert len(frames) >= 2 and bytes(view._preview.value).startswith(b"\xff\xd8")  # new JPEG previews replaced older ones
+    assert len(frames) >= 2 and bytes(view._preview.value).startswith(
+        b"\xff\xd8"
+    )  # new JPEG previews replaced older ones
     assert view._preview.layout.display == "none"  # replaced by the result once it ended
     info = view._rows[0].info.value
     assert "success" in info and "nodes 7/7" in info and job.prompt_id[:8] in info

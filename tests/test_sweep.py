@@ -22,19 +22,52 @@ from comfynb.transport import Transport
 from comfynb.workflow import Workflow
 
 TXT2IMG = {
-    "3": {"class_type": "KSampler", "_meta": {"title": "KSampler"},
-          "inputs": {"seed": 100, "steps": 2, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal",
-                     "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
-                     "latent_image": ["5", 0]}},
-    "4": {"class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"},
-          "inputs": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
-    "5": {"class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent Image"},
-          "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    "6": {"class_type": "CLIPTextEncode", "_meta": {"title": "Positive"}, "inputs": {"text": "a cat", "clip": ["4", 1]}},
-    "7": {"class_type": "CLIPTextEncode", "_meta": {"title": "Negative"}, "inputs": {"text": "blurry", "clip": ["4", 1]}},
-    "8": {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"}, "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-    "9": {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
-          "inputs": {"filename_prefix": "sweep", "images": ["8", 0]}},
+    "3": {
+        "class_type": "KSampler",
+        "_meta": {"title": "KSampler"},
+        "inputs": {
+            "seed": 100,
+            "steps": 2,
+            "cfg": 8.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "denoise": 1.0,
+            "model": ["4", 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": ["5", 0],
+        },
+    },
+    "4": {
+        "class_type": "CheckpointLoaderSimple",
+        "_meta": {"title": "Load Checkpoint"},
+        "inputs": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"},
+    },
+    "5": {
+        "class_type": "EmptyLatentImage",
+        "_meta": {"title": "Empty Latent Image"},
+        "inputs": {"width": 64, "height": 64, "batch_size": 1},
+    },
+    "6": {
+        "class_type": "CLIPTextEncode",
+        "_meta": {"title": "Positive"},
+        "inputs": {"text": "a cat", "clip": ["4", 1]},
+    },
+    "7": {
+        "class_type": "CLIPTextEncode",
+        "_meta": {"title": "Negative"},
+        "inputs": {"text": "blurry", "clip": ["4", 1]},
+    },
+    "8": {
+        "class_type": "VAEDecode",
+        "_meta": {"title": "VAE Decode"},
+        "inputs": {"samples": ["3", 0], "vae": ["4", 2]},
+    },
+    "9": {
+        "class_type": "SaveImage",
+        "_meta": {"title": "Save Image"},
+        "inputs": {"filename_prefix": "sweep", "images": ["8", 0]},
+    },
 }
 
 
@@ -50,15 +83,18 @@ def test_grid_is_cartesian_in_key_order(wf):
     plan = make_plan(wf, grid={"KSampler.cfg": [4.0, 7.0], "KSampler.seed": range(3)})
     assert plan.total == len(plan) == 6 and plan.addresses == ["KSampler.cfg", "KSampler.seed"]
     assert [plan.row(i) for i in range(6)] == [
-        {"KSampler.cfg": c, "KSampler.seed": s} for c in (4.0, 7.0) for s in range(3)]
+        {"KSampler.cfg": c, "KSampler.seed": s} for c in (4.0, 7.0) for s in range(3)
+    ]
     with pytest.raises(IndexError):
         plan.row(6)
 
 
 def test_zip_aligns_and_rejects_unequal_lengths(wf):
     plan = make_plan(wf, zip={"Positive.text": ["a", "b"], "KSampler.seed": [1, 2]})
-    assert [plan.row(i) for i in range(2)] == [{"Positive.text": "a", "KSampler.seed": 1},
-                                               {"Positive.text": "b", "KSampler.seed": 2}]
+    assert [plan.row(i) for i in range(2)] == [
+        {"Positive.text": "a", "KSampler.seed": 1},
+        {"Positive.text": "b", "KSampler.seed": 2},
+    ]
     with pytest.raises(WorkflowError, match="equal length.*'Positive.text': 2, 'KSampler.seed': 3"):
         make_plan(wf, zip={"Positive.text": ["a", "b"], "KSampler.seed": [1, 2, 3]})
 
@@ -67,8 +103,11 @@ def test_rows_and_seed_axis(wf):
     plan = make_plan(wf, rows=[{"KSampler.cfg": 4}, {"KSampler.steps": 3}], seeds=2)
     assert plan.addresses == ["KSampler.cfg", "KSampler.steps", "KSampler.seed"]
     assert [plan.row(i) for i in range(4)] == [
-        {"KSampler.cfg": 4, "KSampler.seed": 100}, {"KSampler.cfg": 4, "KSampler.seed": 101},
-        {"KSampler.steps": 3, "KSampler.seed": 100}, {"KSampler.steps": 3, "KSampler.seed": 101}]
+        {"KSampler.cfg": 4, "KSampler.seed": 100},
+        {"KSampler.cfg": 4, "KSampler.seed": 101},
+        {"KSampler.steps": 3, "KSampler.seed": 100},
+        {"KSampler.steps": 3, "KSampler.seed": 101},
+    ]
     assert make_plan(wf, seeds=[7, 9]).addresses == ["KSampler.seed"]
     assert make_plan(wf, grid={"KSampler.cfg": [1.0]}, seeds=[5]).row(0) == {"KSampler.cfg": 1.0, "KSampler.seed": 5}
 
@@ -84,8 +123,10 @@ def test_bad_definitions_fail_before_anything_is_sent(wf):
     with pytest.raises(AddressError, match="KSampler.seed"):
         make_plan(wf, grid={"KSampler.sed": [1]})
     with pytest.raises(AddressError, match="ambiguous"):
-        make_plan(Workflow.load({**TXT2IMG, "7": {**TXT2IMG["7"], "_meta": {"title": "Positive"}}}),
-                  grid={"Positive.text": ["x"]})
+        make_plan(
+            Workflow.load({**TXT2IMG, "7": {**TXT2IMG["7"], "_meta": {"title": "Positive"}}}),
+            grid={"Positive.text": ["x"]},
+        )
     with pytest.raises(WorkflowError, match="linked"):
         make_plan(wf, grid={"KSampler.model": ["x"]})
     with pytest.raises(WorkflowError, match="not JSON"):
@@ -101,8 +142,10 @@ def test_bad_definitions_fail_before_anything_is_sent(wf):
     with pytest.raises(WorkflowError, match="swept already"):
         make_plan(wf, grid={"KSampler.seed": [1]}, seeds=2)
     with pytest.raises(WorkflowError, match="seed input"):
-        make_plan(Workflow.load({"1": TXT2IMG["5"], "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}),
-                  seeds=2)
+        make_plan(
+            Workflow.load({"1": TXT2IMG["5"], "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}),
+            seeds=2,
+        )
 
 
 def test_a_huge_grid_is_not_materialised(wf):
@@ -111,8 +154,6 @@ def test_a_huge_grid_is_not_materialised(wf):
 
 
 # -- against the simulator ----------------------------------------------------------------------
-
-
 
 
 SIM_WORKFLOWS = Path(comfynb.sim.__file__).parent / "workflows"
@@ -136,24 +177,32 @@ def txt2img():
 
 
 async def test_sweep_frame_matches_what_each_prompt_made(session, txt2img):
-    sweep = session.sweep(txt2img, grid={"KSampler.seed": [1, 2, 3], "KSampler.cfg": [4.0, 7.5]},
-                          concurrency=2, tag="study")
+    sweep = session.sweep(
+        txt2img, grid={"KSampler.seed": [1, 2, 3], "KSampler.cfg": [4.0, 7.5]}, concurrency=2, tag="study"
+    )
     assert len(sweep) == 6 and len(sweep.jobs) == 6
     df = await sweep
     assert list(df.columns) == ["KSampler.seed", "KSampler.cfg", *COLUMNS]
     assert df[["KSampler.seed", "KSampler.cfg"]].values.tolist() == [[s, c] for s in (1, 2, 3) for c in (4.0, 7.5)]
     assert (df.status == "success").all() and df["index"].tolist() == list(range(6))
-    assert (df.tag == "study").all() and (df.sweep_id == sweep.sweep_id).all() and (df.server == session.simulator.url).all()
+    assert (
+        (df.tag == "study").all()
+        and (df.sweep_id == sweep.sweep_id).all()
+        and (df.server == session.simulator.url).all()
+    )
     assert df.queued_at.dt.tz is not None and (df.run_time >= 0).all() and (df.queue_wait >= 0).all()
     assert df.prompt_id.tolist() == [job.prompt_id for job in sweep.jobs]
     for row, job in zip(df.itertuples(), sweep.jobs):
         result = job.result()
         assert row.images == [ref.url for ref in result.images]
         made = sim_params(result.images[0].data)
-        assert (made["seed"], made["cfg"]) == (getattr(row, "_1"), getattr(row, "_2"))
+        assert (made["seed"], made["cfg"]) == (row._1, row._2)
         assert job.history["prompt"][3]["comfynb"] == {
-            "tag": "study", "sweep_id": sweep.sweep_id, "index": row.index, "params": {
-                "KSampler.seed": getattr(row, "_1"), "KSampler.cfg": getattr(row, "_2")}}
+            "tag": "study",
+            "sweep_id": sweep.sweep_id,
+            "index": row.index,
+            "params": {"KSampler.seed": row._1, "KSampler.cfg": row._2},
+        }
     assert "6 success" in repr(sweep)
 
 
@@ -195,7 +244,10 @@ def test_cancel_drops_held_rows_and_stops_the_server_work(txt2img):
         assert sweep.cancel() >= 17
         df = sweep.result(timeout=30)
         counts = df.status.value_counts()
-        assert counts["cancelled"] >= 17 and counts.get("success", 0) + counts["cancelled"] + counts.get("interrupted", 0) == 20
+        assert (
+            counts["cancelled"] >= 17
+            and counts.get("success", 0) + counts["cancelled"] + counts.get("interrupted", 0) == 20
+        )
         assert session.simulator.engine.counter <= 4  # held rows never reached the server
         running, pending = _loop.run_sync(Transport(session.simulator.url).get_queue())
         assert running == [] and pending == []
@@ -231,12 +283,15 @@ def test_save_uses_local_names_and_writes_the_frame(session, txt2img, tmp_path):
     sweep = session.sweep(txt2img, grid={"KSampler.seed": [5, 6]})
     root = sweep.save(tmp_path / "out")
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
-        "images/00000.png", "images/00001.png", "results.csv", "results.parquet"]
+        "images/00000.png",
+        "images/00001.png",
+        "results.csv",
+        "results.parquet",
+    ]
     assert sim_params((root / "images/00001.png").read_bytes())["seed"] == 6
     back = pd.read_parquet(root / "results.parquet")
     assert back["files"].map(list).tolist() == [["images/00000.png"], ["images/00001.png"]]
-    pd.testing.assert_frame_equal(back.drop(columns=["images", "files"]),
-                                  sweep.frame().drop(columns=["images"]))
+    pd.testing.assert_frame_equal(back.drop(columns=["images", "files"]), sweep.frame().drop(columns=["images"]))
     csv = pd.read_csv(root / "results.csv")
     assert csv["files"].tolist() == ["images/00000.png", "images/00001.png"]
 
@@ -255,8 +310,12 @@ def test_upload_once_and_sweep_over_images(session, tmp_path):
         assert other.upload(red) == name and other.upload(_png(red)) == name
     assert sorted(f.name for f in input_dir.iterdir()) == [name]
 
-    wf = Workflow.load({"1": {"class_type": "LoadImage", "inputs": {"image": "none.png"}},
-                        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "in"}}})
+    wf = Workflow.load(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "none.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "in"}},
+        }
+    )
     sweep = session.sweep(wf, grid={"LoadImage.image": [red, path, _png(red)]})
     df = sweep.result(timeout=60)
     names = df["LoadImage.image"].tolist()

@@ -14,9 +14,19 @@ from comfynb.workflow import Node, Workflow
 
 _DIRS = [Path(__file__).resolve().parents[1] / "comfynb" / "sim" / "workflows", Path("/work/shared/workflows")]
 ALL_SHARED = [
-    "bad_node_type.json", "bad_validation.json", "batch.json", "default_txt2img.json",
-    "ksampler_random.json", "multi_output.json", "no_outputs.json", "preview.json",
-    "runtime_error.json", "slow.json", "tiny.json", "tiny_chain.json", "ws_image.json",
+    "bad_node_type.json",
+    "bad_validation.json",
+    "batch.json",
+    "default_txt2img.json",
+    "ksampler_random.json",
+    "multi_output.json",
+    "no_outputs.json",
+    "preview.json",
+    "runtime_error.json",
+    "slow.json",
+    "tiny.json",
+    "tiny_chain.json",
+    "ws_image.json",
 ]
 
 
@@ -548,7 +558,11 @@ def test_parameters_lists_every_literal_input_with_a_working_address(txt2img):
     assert isinstance(df, pd.DataFrame)
     assert list(df.columns) == ["address", "node_id", "class_type", "title", "input", "value"]
     assert len(df) == 13  # 6 KSampler + 1 + 3 + 1 + 1 + 1 literals; links are left out
-    assert not df["input"].isin(["model", "positive", "negative", "latent_image", "clip", "samples", "vae", "images"]).any()
+    assert (
+        not df["input"]
+        .isin(["model", "positive", "negative", "latent_image", "clip", "samples", "vae", "images"])
+        .any()
+    )
     by_address = df.set_index("address")
     assert by_address.loc["KSampler.seed", "value"] == 156680208700286
     assert by_address.loc["Load Checkpoint.ckpt_name", "class_type"] == "CheckpointLoaderSimple"  # shorter than class

@@ -6,7 +6,8 @@
 It follows the recorded protocol traces (message order, targeted vs broadcast delivery, caching,
 history, /api/jobs) and can inject faults on request (`Faults`, `sim.faults.update(...)`).
 """
+
 from .faults import Faults
 from .simulator import Simulator
 
-__all__ = ["Simulator", "Faults"]
+__all__ = ["Faults", "Simulator"]

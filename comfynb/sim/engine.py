@@ -6,6 +6,7 @@ snapshots and ``executed`` re-sent for cached output nodes), caching by input si
 rules for prompts without ``client_id``, interrupts at node boundaries and between steps, and
 history written after the terminal event but before the final ``status`` and ``executing null``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +34,7 @@ from .validation import validate_prompt
 log = logging.getLogger("comfynb.sim")
 
 SENSITIVE_KEYS = ("api_key_comfy_org", "auth_token_comfy_org")
-PREVIEW_SIZE = 512               # ComfyUI's --preview-size: latent previews are scaled to fit it
+PREVIEW_SIZE = 512  # ComfyUI's --preview-size: latent previews are scaled to fit it
 
 
 def now_ms() -> int:
@@ -85,10 +86,10 @@ class Engine:
         self.files = files
         self.settings = settings
         self.counter = 0
-        self.pending: list[tuple] = []          # heap of (number, prompt_id, seq, item)
+        self.pending: list[tuple] = []  # heap of (number, prompt_id, seq, item)
         self.running: tuple | None = None
         self.history: dict[str, dict] = {}
-        self.cache: dict[Any, tuple] = {}       # signature -> (outputs, ui or None)
+        self.cache: dict[Any, tuple] = {}  # signature -> (outputs, ui or None)
         self.interrupted = False
         self.run: _Run | None = None
         self._free_memory = False
@@ -97,7 +98,8 @@ class Engine:
         self._worker: asyncio.Task | None = None
         self.declared_inputs = {
             name: set(nc.info.get("input", {}).get("required", {})) | set(nc.info.get("input", {}).get("optional", {}))
-            for name, nc in nodes.items()}
+            for name, nc in nodes.items()
+        }
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -138,17 +140,15 @@ class Engine:
             number: float | int = float(body["number"])
         else:
             number = self.counter
-            if "front" in body and body["front"]:
+            if body.get("front"):
                 number = -number
             self.counter += 1
         if "prompt" not in body:
-            return 400, {"error": _error("no_prompt", "No prompt provided", "No prompt provided"),
-                         "node_errors": {}}
+            return 400, {"error": _error("no_prompt", "No prompt provided", "No prompt provided"), "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
-        valid, error, outputs, node_errors = validate_prompt(
-            prompt, self.nodes, body.get("partial_execution_targets"))
-        extra_data = body["extra_data"] if "extra_data" in body else {}
+        valid, error, outputs, node_errors = validate_prompt(prompt, self.nodes, body.get("partial_execution_targets"))
+        extra_data = body.get("extra_data", {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
         if not valid:
@@ -213,14 +213,17 @@ class Engine:
                     break
         return out
 
-    def _record(self, run: "_Run") -> None:
+    def _record(self, run: _Run) -> None:
         if len(self.history) > self.settings.max_history:
             self.history.pop(next(iter(self.history)))
         self.history[run.prompt_id] = {
             "prompt": run.item[:5],
             "outputs": run.outputs,
-            "status": {"status_str": "success" if run.success else "error",
-                       "completed": run.success, "messages": run.messages},
+            "status": {
+                "status_str": "success" if run.success else "error",
+                "completed": run.success,
+                "messages": run.messages,
+            },
             "meta": run.meta,
         }
 
@@ -238,7 +241,7 @@ class Engine:
             self.run = run = _Run(self, item)
             try:
                 await run.execute()
-            except Exception:               # a simulator bug must not stop the queue
+            except Exception:  # a simulator bug must not stop the queue
                 log.exception("simulator failed while executing prompt %s", run.prompt_id)
                 run.success = False
             self.run = None
@@ -246,10 +249,11 @@ class Engine:
             self.running = None
             self.broadcast_status()
             if run.client_id is not None:
-                self.hub.send("executing", {"node": None, "prompt_id": run.prompt_id},
-                              run.client_id, kind="executing_done")
+                self.hub.send(
+                    "executing", {"node": None, "prompt_id": run.prompt_id}, run.client_id, kind="executing_done"
+                )
             self._apply_free()
-            await asyncio.sleep(0)          # let sockets and HTTP breathe between prompts
+            await asyncio.sleep(0)  # let sockets and HTTP breathe between prompts
 
     def signatures(self, prompt: dict) -> dict[str, Any]:
         """Cache keys: class, inputs (links replaced by the source's own signature) and, for
@@ -263,8 +267,11 @@ class Engine:
             node = prompt[nid]
             inputs = node.get("inputs", {})
             changed = self.nodes[node["class_type"]].is_changed
-            items: list = [] if changed is None else [
-                ("<is_changed>", _freeze(changed({k: v for k, v in inputs.items() if not is_link(v)})))]
+            items: list = (
+                []
+                if changed is None
+                else [("<is_changed>", _freeze(changed({k: v for k, v in inputs.items() if not is_link(v)})))]
+            )
             for name in sorted(inputs):
                 value = inputs[name]
                 if is_link(value) and value[0] in prompt:
@@ -317,11 +324,17 @@ class _Run:
             self.hub.send(event, data, self.client_id)
 
     def node_state(self, nid: str, value: Any, max_: Any, state: str) -> None:
-        self.states[nid] = {"value": value, "max": max_, "state": state, "node_id": nid,
-                            "prompt_id": self.prompt_id, "display_node_id": nid,
-                            "parent_node_id": None, "real_node_id": nid}
-        self.hub.send("progress_state", {"prompt_id": self.prompt_id, "nodes": self.states},
-                      self.client_id)
+        self.states[nid] = {
+            "value": value,
+            "max": max_,
+            "state": state,
+            "node_id": nid,
+            "prompt_id": self.prompt_id,
+            "display_node_id": nid,
+            "parent_node_id": None,
+            "real_node_id": nid,
+        }
+        self.hub.send("progress_state", {"prompt_id": self.prompt_id, "nodes": self.states}, self.client_id)
 
     def finish_state(self, nid: str) -> None:
         entry = self.states.get(nid)
@@ -361,14 +374,19 @@ class _Run:
         buf = io.BytesIO()
         image.save(buf, format=fmt, quality=95, compress_level=1)
         if metadata:
-            meta = json.dumps({"node_id": nid, "prompt_id": self.prompt_id, "display_node_id": nid,
-                               "parent_node_id": None, "real_node_id": nid,
-                               "image_type": "image/png" if fmt == "PNG" else "image/jpeg"}).encode()
-            self.hub.send_binary(4, struct.pack(">I", len(meta)) + meta + buf.getvalue(),
-                                 self.client_id)
+            meta = json.dumps(
+                {
+                    "node_id": nid,
+                    "prompt_id": self.prompt_id,
+                    "display_node_id": nid,
+                    "parent_node_id": None,
+                    "real_node_id": nid,
+                    "image_type": "image/png" if fmt == "PNG" else "image/jpeg",
+                }
+            ).encode()
+            self.hub.send_binary(4, struct.pack(">I", len(meta)) + meta + buf.getvalue(), self.client_id)
         else:
-            self.hub.send_binary(1, struct.pack(">I", 2 if fmt == "PNG" else 1) + buf.getvalue(),
-                                 self.client_id)
+            self.hub.send_binary(1, struct.pack(">I", 2 if fmt == "PNG" else 1) + buf.getvalue(), self.client_id)
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -378,8 +396,9 @@ class _Run:
         self.message("execution_start", {"prompt_id": pid})
         self.sigs = sigs = engine.signatures(self.prompt)
         engine.cache = {s: engine.cache[s] for s in sigs.values() if s in engine.cache}
-        self.message("execution_cached",
-                     {"nodes": [n for n in self.prompt if sigs[n] in engine.cache], "prompt_id": pid})
+        self.message(
+            "execution_cached", {"nodes": [n for n in self.prompt if sigs[n] in engine.cache], "prompt_id": pid}
+        )
         order = ExecutionList(self.prompt, self._is_output, lambda n: sigs[n] in engine.cache)
         for nid in self.item[4]:
             order.add_node(nid)
@@ -410,8 +429,7 @@ class _Run:
 
     def _replay_cached(self, nid: str, ui: dict | None) -> None:
         if self.client_id is not None:
-            self.targeted("executed", {"node": nid, "display_node": nid, "output": ui,
-                                       "prompt_id": self.prompt_id})
+            self.targeted("executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": self.prompt_id})
             if ui:
                 self._record_ui(nid, ui)
         self.finish_state(nid)
@@ -439,8 +457,7 @@ class _Run:
         self.flush_staged()
         engine.cache[sig] = (outputs, ui)
         if ui:
-            self.targeted("executed", {"node": nid, "display_node": nid, "output": ui,
-                                       "prompt_id": self.prompt_id})
+            self.targeted("executed", {"node": nid, "display_node": nid, "output": ui, "prompt_id": self.prompt_id})
             self._record_ui(nid, ui)
         self.finish_state(nid)
         self.executed.append(nid)
@@ -460,29 +477,50 @@ class _Run:
         return out
 
     def _interrupted(self, nid: str) -> None:
-        self.message("execution_interrupted",
-                     {"prompt_id": self.prompt_id, "node_id": nid,
-                      "node_type": self.prompt[nid]["class_type"], "executed": list(self.executed)},
-                     broadcast=True)
+        self.message(
+            "execution_interrupted",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": nid,
+                "node_type": self.prompt[nid]["class_type"],
+                "executed": list(self.executed),
+            },
+            broadcast=True,
+        )
         raise _Stop
 
     def _fail(self, nid: str, exc: BaseException, inputs: dict) -> None:
-        self.message("execution_error", {
-            "prompt_id": self.prompt_id, "node_id": nid,
-            "node_type": self.prompt[nid]["class_type"], "executed": list(self.executed),
-            "exception_message": f"{exc}\n", "exception_type": _type_name(type(exc)),
-            "traceback": traceback.format_tb(exc.__traceback__),
-            "current_inputs": {k: [_formatted(v)] for k, v in inputs.items()},
-            "current_outputs": list(self.prompt),
-        })
+        self.message(
+            "execution_error",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": nid,
+                "node_type": self.prompt[nid]["class_type"],
+                "executed": list(self.executed),
+                "exception_message": f"{exc}\n",
+                "exception_type": _type_name(type(exc)),
+                "traceback": traceback.format_tb(exc.__traceback__),
+                "current_inputs": {k: [_formatted(v)] for k, v in inputs.items()},
+                "current_outputs": list(self.prompt),
+            },
+        )
         raise _Stop
 
 
 class Context:
     """What a node sees while it runs (the ExecContext of the nodes contract)."""
 
-    __slots__ = ("_run", "prompt_id", "node_id", "class_type", "extra_data", "prompt",
-                 "input_dir", "output_dir", "temp_dir")
+    __slots__ = (
+        "_run",
+        "class_type",
+        "extra_data",
+        "input_dir",
+        "node_id",
+        "output_dir",
+        "prompt",
+        "prompt_id",
+        "temp_dir",
+    )
 
     def __init__(self, run: _Run, node_id: str, class_type: str):
         self._run = run
@@ -518,8 +556,9 @@ class Context:
         attached to this node's next ``progress`` call (as ComfyUI's progress-bar hook sends it)."""
         self._run.stage_image(self.node_id, image, fmt)
 
-    def save_image(self, image: Any, filename_prefix: str, type: str = "output",
-                   text: dict[str, str] | None = None) -> dict:
+    def save_image(
+        self, image: Any, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
+    ) -> dict:
         return self._run.engine.files.save_image(image, filename_prefix, type, text)
 
     def resolve_input(self, name: str) -> Path:

@@ -5,6 +5,7 @@ every random decision comes from one generator seeded at construction, so a scen
 the same way. ``counts`` records what was actually injected, so a test can tell a fault that
 fired from one that did not.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,14 +14,14 @@ from collections import Counter
 from typing import Any
 
 _DEFAULTS: dict[str, Any] = {
-    "close_every": None,     # seconds: close every WebSocket this often
-    "close_after": None,     # messages: close a socket once it has sent this many
-    "drop": {},              # message type (or "executing_done", "preview", "*") -> probability
-    "stall_after": None,     # messages: the first socket to send this many goes silent (once)
-    "empty_history": 0,      # reads: GET /history/{id} of a finished prompt answers {} this often first
-    "http_errors": {},       # route ("/prompt", "/history", "*", ...) -> probability of a 500
-    "lost_responses": {},    # route -> probability the request is handled but the answer is lost
-    "latency": 0.0,          # seconds added to every HTTP response
+    "close_every": None,  # seconds: close every WebSocket this often
+    "close_after": None,  # messages: close a socket once it has sent this many
+    "drop": {},  # message type (or "executing_done", "preview", "*") -> probability
+    "stall_after": None,  # messages: the first socket to send this many goes silent (once)
+    "empty_history": 0,  # reads: GET /history/{id} of a finished prompt answers {} this often first
+    "http_errors": {},  # route ("/prompt", "/history", "*", ...) -> probability of a 500
+    "lost_responses": {},  # route -> probability the request is handled but the answer is lost
+    "latency": 0.0,  # seconds added to every HTTP response
 }
 
 
@@ -46,8 +47,7 @@ class Faults:
         """Change knobs at run time (any thread). Re-setting ``stall_after`` re-arms it."""
         unknown = set(knobs) - set(_DEFAULTS)
         if unknown:
-            raise TypeError(f"unknown fault knob(s): {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(_DEFAULTS)}")
+            raise TypeError(f"unknown fault knob(s): {', '.join(sorted(unknown))}; known: {', '.join(_DEFAULTS)}")
         with self._lock:
             for name, value in knobs.items():
                 if isinstance(_DEFAULTS[name], dict):

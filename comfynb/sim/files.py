@@ -4,6 +4,7 @@ Saved images follow ComfyUI's counter (``<prefix>_00001_.png``, next free number
 subfolder). Paths that a client names are resolved with the same checks as ComfyUI's ``/view``
 and upload routes, so escaping a folder is refused the same way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,7 @@ def annotated(name: str) -> tuple[str, str | None]:
     for kind in TYPES:
         suffix = f"[{kind}]"
         if name.endswith(suffix):
-            return name[:-len(suffix) - 1], kind
+            return name[: -len(suffix) - 1], kind
     return name, None
 
 
@@ -30,8 +31,13 @@ def _expand(prefix: str, width: int, height: int) -> str:
     now = time.localtime()
     for key, value in (("%width%", width), ("%height%", height), ("%year%", now.tm_year)):
         prefix = prefix.replace(key, str(value))
-    for key, value in (("%month%", now.tm_mon), ("%day%", now.tm_mday), ("%hour%", now.tm_hour),
-                       ("%minute%", now.tm_min), ("%second%", now.tm_sec)):
+    for key, value in (
+        ("%month%", now.tm_mon),
+        ("%day%", now.tm_mday),
+        ("%hour%", now.tm_hour),
+        ("%minute%", now.tm_min),
+        ("%second%", now.tm_sec),
+    ):
         prefix = prefix.replace(key, str(value).zfill(2))
     return prefix
 
@@ -45,9 +51,9 @@ def _next_counter(folder: Path, filename: str) -> int:
     n, best = len(filename), 0
     target = os.path.normcase(filename)
     for name in names:
-        if os.path.normcase(name[:n]) == target and name[n:n + 1] == "_":
+        if os.path.normcase(name[:n]) == target and name[n : n + 1] == "_":
             try:
-                best = max(best, int(name[n + 1:].split("_")[0]))
+                best = max(best, int(name[n + 1 :].split("_")[0]))
             except ValueError:
                 pass
     return best + 1
@@ -67,8 +73,9 @@ class Files:
             path.mkdir(parents=True, exist_ok=True)
         self._next: dict[tuple[Path, str], int] = {}
 
-    def save_image(self, image: Any, filename_prefix: str, type: str = "output",
-                   text: dict[str, str] | None = None) -> dict:
+    def save_image(
+        self, image: Any, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
+    ) -> dict:
         base = self.dirs[type]
         if "%" in filename_prefix:
             filename_prefix = _expand(filename_prefix, *image.size)
@@ -76,12 +83,14 @@ class Files:
         subfolder, filename = os.path.dirname(norm), os.path.basename(norm)
         folder = (base / subfolder).resolve()
         if os.path.commonpath((base, folder)) != str(base):
-            raise Exception("**** ERROR: Saving image outside the output folder is not allowed."
-                            f"\n full_output_folder: {folder}\n         output_dir: {base}")
+            raise Exception(
+                "**** ERROR: Saving image outside the output folder is not allowed."
+                f"\n full_output_folder: {folder}\n         output_dir: {base}"
+            )
         key = (folder, filename)
         counter = self._next.get(key) or _next_counter(folder, filename)
         path = folder / f"{filename}_{counter:05}_.png"
-        if path.exists():                       # someone else wrote there: rescan like ComfyUI
+        if path.exists():  # someone else wrote there: rescan like ComfyUI
             counter = _next_counter(folder, filename)
             path = folder / f"{filename}_{counter:05}_.png"
         info = None

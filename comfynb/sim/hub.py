@@ -7,6 +7,7 @@ no socket are dropped: nothing is buffered. Each connection has its own outgoing
 writer task, so the engine never waits on a slow client and per-socket order is preserved.
 Socket-level faults (drops, stalls, closes) are applied here.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from .faults import Faults
 
-_CLOSE = object()          # writer sentinel: close the connection after what is queued
+_CLOSE = object()  # writer sentinel: close the connection after what is queued
 
 SERVER_FEATURES = {
     "supports_preview_metadata": True,
@@ -35,8 +36,19 @@ def text_frame(type_: str, data: Any) -> str:
 class Conn:
     """One open WebSocket: its feature flags, fault state and ordered outgoing queue."""
 
-    __slots__ = ("ws", "sid", "flags", "sent", "stalled", "closing", "_faults", "_transport",
-                 "_out", "_ready", "_writer")
+    __slots__ = (
+        "_faults",
+        "_out",
+        "_ready",
+        "_transport",
+        "_writer",
+        "closing",
+        "flags",
+        "sent",
+        "sid",
+        "stalled",
+        "ws",
+    )
 
     def __init__(self, ws: web.WebSocketResponse, sid: str, transport: Any, faults: Faults):
         self.ws = ws
@@ -114,7 +126,7 @@ class Hub:
     def __init__(self, faults: Faults):
         self.faults = faults
         self.sockets: dict[str, Conn] = {}
-        self.open: set[Conn] = set()        # every live connection, registered or muted
+        self.open: set[Conn] = set()  # every live connection, registered or muted
 
     def register(self, ws: web.WebSocketResponse, sid: str, transport: Any) -> Conn:
         conn = Conn(ws, sid, transport, self.faults)
@@ -124,7 +136,7 @@ class Hub:
         return conn
 
     async def unregister(self, conn: Conn) -> None:
-        self.sockets.pop(conn.sid, None)     # by id, even if a newer socket holds it (trace g3)
+        self.sockets.pop(conn.sid, None)  # by id, even if a newer socket holds it (trace g3)
         self.open.discard(conn)
         await conn.finish()
 

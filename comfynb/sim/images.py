@@ -11,10 +11,10 @@ import io
 import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageFont, PngImagePlugin
 
@@ -49,8 +49,7 @@ class ImageBatch(_Frames):
 
     def __str__(self) -> str:
         w, h = self.size
-        return tensor_str((len(self.frames), h, w, 3),
-                          lambda i: self.frames[i[0]].getpixel((i[2], i[1]))[i[3]] / 255)
+        return tensor_str((len(self.frames), h, w, 3), lambda i: self.frames[i[0]].getpixel((i[2], i[1]))[i[3]] / 255)
 
 
 @dataclass
@@ -59,12 +58,12 @@ class MaskBatch(_Frames):
 
     def __str__(self) -> str:
         w, h = self.size
-        return tensor_str((len(self.frames), h, w),
-                          lambda i: self.frames[i[0]].getpixel((i[2], i[1])) / 255)
+        return tensor_str((len(self.frames), h, w), lambda i: self.frames[i[0]].getpixel((i[2], i[1])) / 255)
 
 
 # ---------------------------------------------------------------------------------------------
 # torch-style tensor printing (precision 4, edgeitems 3, threshold 1000, linewidth 80)
+
 
 def tensor_str(shape: Sequence[int], value: Callable[[tuple[int, ...]], float]) -> str:
     """Format like ``str(torch.tensor)`` so error reports look like the real server's."""
@@ -82,11 +81,11 @@ def tensor_str(shape: Sequence[int], value: Callable[[tuple[int, ...]], float]) 
         dim = len(shape) - len(prefix)
         items = indices(shape[len(prefix)])
         if dim == 1:
-            data = [" ..." if i is None else fmt(value(prefix + (i,))) for i in items]
+            data = [" ..." if i is None else fmt(value((*prefix, i))) for i in items]
             per_line = max(1, (80 - indent) // (width + 2))
-            lines = [", ".join(data[k:k + per_line]) for k in range(0, len(data), per_line)]
+            lines = [", ".join(data[k : k + per_line]) for k in range(0, len(data), per_line)]
             return "[" + ("," + "\n" + " " * (indent + 1)).join(lines) + "]"
-        slices = ["..." if i is None else render(prefix + (i,), indent + 1) for i in items]
+        slices = ["..." if i is None else render((*prefix, i), indent + 1) for i in items]
         return "[" + ("," + "\n" * (dim - 1) + " " * (indent + 1)).join(slices) + "]"
 
     return "tensor(" + render((), len("tensor(")) + ")"
@@ -121,6 +120,7 @@ def _formatter(values: list[float]) -> tuple[Callable[[float], str], int]:
 # ---------------------------------------------------------------------------------------------
 # deterministic pictures
 
+
 def image_size(params: dict) -> tuple[int, int]:
     """Pixel size of a decoded latent: ComfyUI's latent is 1/8 of width and height, rounded down."""
     return max(8, int(params["width"]) // 8 * 8), max(8, int(params["height"]) // 8 * 8)
@@ -153,8 +153,7 @@ def render(params: dict, size: tuple[int, int] | None = None) -> Image.Image:
     detail = 1.0 + min(steps, 60) / 20
     pattern = _pattern(text_rng, detail).resize((w, h), Image.Resampling.BILINEAR)
     strength = text_rng.uniform(0.45, 0.75)
-    img = Image.composite(Image.new("RGB", (w, h), _colour(text_rng)), img,
-                          pattern.point(lambda v: int(v * strength)))
+    img = Image.composite(Image.new("RGB", (w, h), _colour(text_rng)), img, pattern.point(lambda v: int(v * strength)))
 
     overlay = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -163,7 +162,7 @@ def render(params: dict, size: tuple[int, int] | None = None) -> Image.Image:
         cx = (rng.random() + jitter_rng.uniform(-0.03, 0.03)) * w
         cy = (rng.random() + jitter_rng.uniform(-0.03, 0.03)) * h
         r = unit * rng.uniform(0.06, 0.3) / math.sqrt(detail)
-        fill = _colour(rng, value=(0.3, 1.0), saturation=(0.7, 1.0)) + (rng.randint(160, 240),)
+        fill = (*_colour(rng, value=(0.3, 1.0), saturation=(0.7, 1.0)), rng.randint(160, 240))
         kind = rng.randrange(3)
         if kind == 0:
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -171,16 +170,20 @@ def render(params: dict, size: tuple[int, int] | None = None) -> Image.Image:
             draw.rectangle((cx - r, cy - r * 0.6, cx + r, cy + r * 0.6), fill=fill)
         else:
             a = rng.uniform(0, 2 * math.pi)
-            draw.polygon([(cx + r * math.cos(a + k * 2.094), cy + r * math.sin(a + k * 2.094))
-                          for k in range(3)], fill=fill)
+            draw.polygon(
+                [(cx + r * math.cos(a + k * 2.094), cy + r * math.sin(a + k * 2.094)) for k in range(3)], fill=fill
+            )
     img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
 
     if negative:
         neg_rng = random.Random("neg:" + negative)
         vignette = Image.radial_gradient("L").resize((w, h), Image.Resampling.BILINEAR)
         amount = neg_rng.uniform(0.25, 0.5)
-        img = Image.composite(Image.new("RGB", (w, h), _colour(neg_rng, value=(0.1, 0.35))), img,
-                              vignette.point(lambda v: int(v * amount)))
+        img = Image.composite(
+            Image.new("RGB", (w, h), _colour(neg_rng, value=(0.1, 0.35))),
+            img,
+            vignette.point(lambda v: int(v * amount)),
+        )
 
     if steps < 10:
         img = img.filter(ImageFilter.GaussianBlur((10 - steps) * unit / 256))
@@ -208,8 +211,9 @@ def preview_size(params: dict) -> tuple[int, int]:
     return max(8, round(w * scale)), max(8, round(h * scale))
 
 
-def _colour(rng: random.Random, value: tuple[float, float] = (0.45, 0.95),
-            saturation: tuple[float, float] = (0.45, 0.95)) -> tuple[int, int, int]:
+def _colour(
+    rng: random.Random, value: tuple[float, float] = (0.45, 0.95), saturation: tuple[float, float] = (0.45, 0.95)
+) -> tuple[int, int, int]:
     hue, sat, val = rng.random(), rng.uniform(*saturation), rng.uniform(*value)
     i = int(hue * 6) % 6
     f = hue * 6 - int(hue * 6)
@@ -249,8 +253,12 @@ def _caption(img: Image.Image, line1: str, line2: str) -> None:
     draw.text((size // 2, size // 4), line1, font=font, fill=(255, 255, 255, 255))
     text = line2.replace("\n", " ")
     limit = max(8, int(img.width / (size * 0.55)))
-    draw.text((size // 2, size * 3 // 2), text if len(text) <= limit else text[:limit - 1] + "…",
-              font=font, fill=(230, 230, 230, 255))
+    draw.text(
+        (size // 2, size * 3 // 2),
+        text if len(text) <= limit else text[: limit - 1] + "…",
+        font=font,
+        fill=(230, 230, 230, 255),
+    )
     img.paste(band.convert("RGB"), (0, img.height - band.height), band)
 
 
@@ -261,6 +269,7 @@ def digest(image: Image.Image) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # PNG text chunks
+
 
 def encode_png(image: Image.Image, text: dict[str, str] | None = None, compress_level: int = 4) -> bytes:
     """PNG bytes with one text chunk per item (ComfyUI writes "prompt" and "workflow" this way)."""

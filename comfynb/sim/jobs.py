@@ -3,6 +3,7 @@
 Jobs merge running, pending and finished prompts into one shape (null fields left out), which
 is what lets a client tell "pending" from "unknown" where ``/history/{id}`` cannot.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,14 +18,16 @@ def _pruned(d: dict) -> dict:
 
 
 def _meta(extra_data: dict) -> tuple[Any, Any]:
-    return (extra_data.get("create_time"),
-            extra_data.get("extra_pnginfo", {}).get("workflow", {}).get("id"))
+    return (extra_data.get("create_time"), extra_data.get("extra_pnginfo", {}).get("workflow", {}).get("id"))
 
 
 def _previewable(media_type: str, item: dict) -> bool:
     fmt = item.get("format", "")
-    return (media_type in _PREVIEWABLE or bool(fmt and fmt.startswith(("video/", "audio/")))
-            or item.get("filename", "").lower().endswith(_THREE_D))
+    return (
+        media_type in _PREVIEWABLE
+        or bool(fmt and fmt.startswith(("video/", "audio/")))
+        or item.get("filename", "").lower().endswith(_THREE_D)
+    )
 
 
 def _outputs_summary(outputs: dict) -> tuple[int, dict | None]:
@@ -51,8 +54,16 @@ def _outputs_summary(outputs: dict) -> tuple[int, dict | None]:
 def queued_job(item: tuple, status: str) -> dict:
     priority, prompt_id, _, extra_data, _ = item[:5]
     create_time, workflow_id = _meta(extra_data)
-    return _pruned({"id": prompt_id, "status": status, "priority": priority,
-                    "create_time": create_time, "outputs_count": 0, "workflow_id": workflow_id})
+    return _pruned(
+        {
+            "id": prompt_id,
+            "status": status,
+            "priority": priority,
+            "create_time": create_time,
+            "outputs_count": 0,
+            "workflow_id": workflow_id,
+        }
+    )
 
 
 def finished_job(prompt_id: str, entry: dict, full: bool = False) -> dict:
@@ -70,13 +81,22 @@ def finished_job(prompt_id: str, entry: dict, full: bool = False) -> dict:
             end = data.get("timestamp")
             if event == "execution_error":
                 error = data
-    job = _pruned({"id": prompt_id, "status": status, "priority": priority,
-                   "create_time": create_time, "execution_start_time": start,
-                   "execution_end_time": end, "execution_error": error, "outputs_count": count,
-                   "preview_output": preview, "workflow_id": workflow_id})
+    job = _pruned(
+        {
+            "id": prompt_id,
+            "status": status,
+            "priority": priority,
+            "create_time": create_time,
+            "execution_start_time": start,
+            "execution_end_time": end,
+            "execution_error": error,
+            "outputs_count": count,
+            "preview_output": preview,
+            "workflow_id": workflow_id,
+        }
+    )
     if full:
-        job.update(outputs=outputs, execution_status=status_info,
-                   workflow={"prompt": prompt, "extra_data": extra_data})
+        job.update(outputs=outputs, execution_status=status_info, workflow={"prompt": prompt, "extra_data": extra_data})
     return job
 
 
@@ -118,13 +138,28 @@ def parse_list_query(query: Any) -> dict | str:
             offset = max(0, int(query["offset"]))
         except ValueError:
             return "offset must be an integer"
-    return {"statuses": statuses, "workflow_id": query.get("workflow_id"), "sort_by": sort_by,
-            "sort_order": sort_order, "limit": limit, "offset": offset}
+    return {
+        "statuses": statuses,
+        "workflow_id": query.get("workflow_id"),
+        "sort_by": sort_by,
+        "sort_order": sort_order,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
-def list_jobs(running: list, pending: list, history: dict, *, statuses: list | None,
-              workflow_id: str | None, sort_by: str, sort_order: str, limit: int | None,
-              offset: int) -> dict:
+def list_jobs(
+    running: list,
+    pending: list,
+    history: dict,
+    *,
+    statuses: list | None,
+    workflow_id: str | None,
+    sort_by: str,
+    sort_order: str,
+    limit: int | None,
+    offset: int,
+) -> dict:
     wanted = statuses or STATUSES
     jobs = []
     if "in_progress" in wanted:
@@ -139,16 +174,21 @@ def list_jobs(running: list, pending: list, history: dict, *, statuses: list | N
     if workflow_id:
         jobs = [j for j in jobs if j.get("workflow_id") == workflow_id]
     if sort_by == "execution_duration":
+
         def key(job: dict) -> Any:
             start, end = job.get("execution_start_time", 0), job.get("execution_end_time", 0)
             return end - start if end and start else 0
     else:
+
         def key(job: dict) -> Any:
             return job.get("create_time", 0)
+
     jobs.sort(key=key, reverse=sort_order == "desc")
     total = len(jobs)
     page = jobs[offset:]
     if limit is not None:
         page = page[:limit]
-    return {"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
-                                         "has_more": offset + len(page) < total}}
+    return {
+        "jobs": page,
+        "pagination": {"offset": offset, "limit": limit, "total": total, "has_more": offset + len(page) < total},
+    }

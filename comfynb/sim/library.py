@@ -8,8 +8,7 @@ from importlib.resources import files
 
 def workflow_names() -> list[str]:
     """Names accepted by `load_workflow`, e.g. "tiny", "default_txt2img"."""
-    return sorted(p.name[:-5] for p in files(__package__).joinpath("workflows").iterdir()
-                  if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in files(__package__).joinpath("workflows").iterdir() if p.name.endswith(".json"))
 
 
 def load_workflow(name: str) -> dict:

@@ -4,14 +4,16 @@ Output nodes are added first; their uncached ancestors are pulled in depth-first
 nodes whose inputs are ready, ComfyUI prefers an output node, then a node feeding an output,
 then one two steps from an output, and otherwise the first in insertion order.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def is_link(value: object) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], (int, float)))
+    return (
+        isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], (int, float))
+    )
 
 
 class ExecutionList:

@@ -5,6 +5,7 @@ upstream defines them). Handlers read the simulator's current engine and hub on 
 so a simulated restart swaps them without rebuilding the application. Fault middleware sits in
 front: 5xx answers, lost responses and added latency.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,14 +31,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfynb.sim")
 
-WS_MAX_MESSAGE = 1 << 30            # incoming frames: no practical limit, like ComfyUI
-UPLOAD_LIMIT = 104857600            # --max-upload-size default (100 MB), for every request body
-_DANGEROUS_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml",
-                    "text/javascript", "text/css"}
-MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models",
-                 "clip_vision", "style_models", "embeddings", "diffusers", "vae_approx",
-                 "controlnet", "gligen", "upscale_models", "latent_upscale_models", "custom_nodes",
-                 "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders"]
+WS_MAX_MESSAGE = 1 << 30  # incoming frames: no practical limit, like ComfyUI
+UPLOAD_LIMIT = 104857600  # --max-upload-size default (100 MB), for every request body
+_DANGEROUS_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
+MODEL_FOLDERS = [
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "latent_upscale_models",
+    "custom_nodes",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+]
 
 
 def server_error() -> web.Response:
@@ -53,23 +72,29 @@ def _ram() -> tuple[int, int]:
         return 17179869184, 8589934592
 
 
-def build_app(sim: "Simulator") -> web.Application:
+def build_app(sim: Simulator) -> web.Application:
     routes = _Routes(sim)
-    app = web.Application(client_max_size=UPLOAD_LIMIT,
-                          middlewares=[routes.fault_middleware, routes.error_middleware])
+    app = web.Application(client_max_size=UPLOAD_LIMIT, middlewares=[routes.fault_middleware, routes.error_middleware])
     table = [
         ("GET", "/ws", routes.websocket),
-        ("GET", "/prompt", routes.get_prompt), ("POST", "/prompt", routes.post_prompt),
-        ("GET", "/queue", routes.get_queue), ("POST", "/queue", routes.post_queue),
-        ("POST", "/interrupt", routes.interrupt), ("POST", "/free", routes.free),
-        ("GET", "/history", routes.get_history), ("POST", "/history", routes.post_history),
+        ("GET", "/prompt", routes.get_prompt),
+        ("POST", "/prompt", routes.post_prompt),
+        ("GET", "/queue", routes.get_queue),
+        ("POST", "/queue", routes.post_queue),
+        ("POST", "/interrupt", routes.interrupt),
+        ("POST", "/free", routes.free),
+        ("GET", "/history", routes.get_history),
+        ("POST", "/history", routes.post_history),
         ("GET", "/history/{prompt_id}", routes.get_history_item),
         ("GET", "/view", routes.view),
-        ("POST", "/upload/image", routes.upload_image), ("POST", "/upload/mask", routes.upload_mask),
+        ("POST", "/upload/image", routes.upload_image),
+        ("POST", "/upload/mask", routes.upload_mask),
         ("GET", "/object_info", routes.object_info),
         ("GET", "/object_info/{node_class}", routes.object_info_one),
-        ("GET", "/system_stats", routes.system_stats), ("GET", "/features", routes.features),
-        ("GET", "/embeddings", routes.embeddings), ("GET", "/models", routes.models),
+        ("GET", "/system_stats", routes.system_stats),
+        ("GET", "/features", routes.features),
+        ("GET", "/embeddings", routes.embeddings),
+        ("GET", "/models", routes.models),
         ("GET", "/models/{folder}", routes.models_in),
     ]
     for method, path, handler in table:
@@ -82,7 +107,7 @@ def build_app(sim: "Simulator") -> web.Application:
 
 
 class _Routes:
-    def __init__(self, sim: "Simulator"):
+    def __init__(self, sim: Simulator):
         self.sim = sim
 
     # -- middleware ----------------------------------------------------------------------------
@@ -99,7 +124,7 @@ class _Routes:
             faults.counts["latency"] += 1
             await asyncio.sleep(faults.latency)
         if faults.lose_response(request.path) and request.transport is not None:
-            request.transport.close()        # handled, but the client never hears back
+            request.transport.close()  # handled, but the client never hears back
         return response
 
     @web.middleware
@@ -159,7 +184,7 @@ class _Routes:
 
     async def post_queue(self, request: web.Request) -> web.Response:
         body, engine = await request.json(), self.sim.engine
-        if "clear" in body and body["clear"]:
+        if body.get("clear"):
             engine.clear_queue()
         if "delete" in body:
             engine.delete(body["delete"])
@@ -195,7 +220,7 @@ class _Routes:
 
     async def post_history(self, request: web.Request) -> web.Response:
         body, history = await request.json(), self.sim.engine.history
-        if "clear" in body and body["clear"]:
+        if body.get("clear"):
             history.clear()
         for prompt_id in body.get("delete", []):
             history.pop(prompt_id, None)
@@ -290,14 +315,14 @@ class _Routes:
         if not mask:
             path.write_bytes(data)
             return
-        ref = json.loads(post.get("original_ref"))      # missing: TypeError -> 500, like ComfyUI
+        ref = json.loads(post.get("original_ref"))  # missing: TypeError -> 500, like ComfyUI
         name, kind = annotated(ref["filename"])
         query = {"filename": name, "type": kind or ref.get("type", "output")}
         if ref.get("subfolder", ""):
             query["subfolder"] = ref["subfolder"]
-        status, original = self.sim.files.view_path(query)
+        _status, original = self.sim.files.view_path(query)
         if original is None:
-            return                                       # ComfyUI answers 200 and writes nothing
+            return  # ComfyUI answers 200 and writes nothing
         with Image.open(original) as img:
             info = PngInfo()
             for key, value in getattr(img, "text", {}).items():
@@ -319,17 +344,34 @@ class _Routes:
 
     async def system_stats(self, request: web.Request) -> web.Response:
         total, free = _ram()
-        return web.json_response({
-            "system": {"os": sys.platform, "ram_total": total, "ram_free": free,
-                       "comfyui_version": "0.8.0", "required_frontend_version": "1.35.9",
-                       "installed_templates_version": "0.7.67",
-                       "required_templates_version": "0.7.67", "python_version": sys.version,
-                       "pytorch_version": "2.13.0+cpu", "embedded_python": False,
-                       "argv": ["main.py", "--cpu", "--listen", self.sim.host,
-                                "--port", str(self.sim.port)]},
-            "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total,
-                         "vram_free": free, "torch_vram_total": total, "torch_vram_free": free}],
-        })
+        return web.json_response(
+            {
+                "system": {
+                    "os": sys.platform,
+                    "ram_total": total,
+                    "ram_free": free,
+                    "comfyui_version": "0.8.0",
+                    "required_frontend_version": "1.35.9",
+                    "installed_templates_version": "0.7.67",
+                    "required_templates_version": "0.7.67",
+                    "python_version": sys.version,
+                    "pytorch_version": "2.13.0+cpu",
+                    "embedded_python": False,
+                    "argv": ["main.py", "--cpu", "--listen", self.sim.host, "--port", str(self.sim.port)],
+                },
+                "devices": [
+                    {
+                        "name": "cpu",
+                        "type": "cpu",
+                        "index": None,
+                        "vram_total": total,
+                        "vram_free": free,
+                        "torch_vram_total": total,
+                        "torch_vram_free": free,
+                    }
+                ],
+            }
+        )
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(SERVER_FEATURES)

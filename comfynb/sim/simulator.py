@@ -5,6 +5,7 @@ It runs inside the caller's event loop (``async with``) or in its own loop on a 
 refuse connections for a while and then come back on the same port, with queue, history and
 cache forgotten but files kept, like a real server process restart.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -26,22 +28,32 @@ from .hub import Hub
 from .nodes import NodeClass, default_nodes
 from .server import build_app
 
-_TICK = 0.05        # granularity of the close_every fault
+_TICK = 0.05  # granularity of the close_every fault
 
 
 class Simulator:
     """A protocol-faithful ComfyUI 0.8.0 server on 127.0.0.1, without models or a GPU."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, root: str | Path | None = None,
-                 node_time: float = 0.0, step_time: float = 0.0,
-                 node_times: dict[str, float] | None = None, max_history: int = 10000,
-                 checkpoints: list[str] | None = None, preview_method: str | None = None,
-                 jobs_api: bool = True, faults: Faults | dict | None = None, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        root: str | Path | None = None,
+        node_time: float = 0.0,
+        step_time: float = 0.0,
+        node_times: dict[str, float] | None = None,
+        max_history: int = 10000,
+        checkpoints: list[str] | None = None,
+        preview_method: str | None = None,
+        jobs_api: bool = True,
+        faults: Faults | dict | None = None,
+        seed: int = 0,
+    ):
         self.host = host
         self.port = port
         self.url: str | None = None
-        self.settings = Settings(node_time, step_time, dict(node_times or {}), preview_method,
-                                 max_history)
+        self.settings = Settings(node_time, step_time, dict(node_times or {}), preview_method, max_history)
         self.jobs_api = jobs_api
         self.faults = faults if isinstance(faults, Faults) else Faults(seed, **(faults or {}))
         self._root_arg = root
@@ -65,17 +77,15 @@ class Simulator:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> "Simulator":
+    async def start(self) -> Simulator:
         self._loop = asyncio.get_running_loop()
-        self.root = (Path(tempfile.mkdtemp(prefix="comfynb-sim-")) if self._root_arg is None
-                     else Path(self._root_arg))
+        self.root = Path(tempfile.mkdtemp(prefix="comfynb-sim-")) if self._root_arg is None else Path(self._root_arg)
         if self._root_arg is None:  # removed by stop(), or at exit if stop() never came
             self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.files = Files(self.root)
         self.nodes = default_nodes(self._checkpoint_names, self.files.dirs["input"])
         self._fresh_state()
-        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None,
-                                     shutdown_timeout=2.0)
+        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, shutdown_timeout=2.0)
         try:
             await self._runner.setup()
             await self._listen()
@@ -105,14 +115,14 @@ class Simulator:
         if self._remove_root is not None:
             self._remove_root()
 
-    async def __aenter__(self) -> "Simulator":
+    async def __aenter__(self) -> Simulator:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["Simulator"]:
+    def running(self) -> Iterator[Simulator]:
         """Run in a private event loop on a daemon thread, for synchronous callers."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=_serve, args=(loop,), name="comfynb-sim", daemon=True)
@@ -138,8 +148,10 @@ class Simulator:
         """
         up = self._on_loop(lambda: self._go_down(downtime))
         if not self._on_loop_thread():
+
             async def back_up() -> None:
                 await up
+
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
     def partition(self, downtime: float) -> None:
@@ -150,14 +162,18 @@ class Simulator:
         """
         up = self._on_loop(lambda: self._go_down(downtime, forget=False))
         if not self._on_loop_thread():
+
             async def back_up() -> None:
                 await up
+
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
     def drop_sockets(self) -> None:
         """Close every WebSocket (no close frame, as a network drop would)."""
+
         def drop() -> None:
             self.faults.counts["drop_sockets"] += self.hub.drop_all()
+
         self._on_loop(drop)
 
     def stall(self, client_id: str | None = None) -> None:
@@ -172,8 +188,7 @@ class Simulator:
         self.engine.start()
 
     async def _listen(self) -> None:
-        self._listener = await self._loop.create_server(self._runner.server, self.host, self.port,
-                                                        reuse_address=True)
+        self._listener = await self._loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
 
@@ -188,7 +203,7 @@ class Simulator:
             self.engine.abandon()
             self._fresh_state()
         if self._coming_up is not None:
-            self._coming_up.cancel()            # restarted again while down: the later one wins
+            self._coming_up.cancel()  # restarted again while down: the later one wins
         self._coming_up = self._spawn(self._come_up(downtime))
         return self._coming_up
 
@@ -235,8 +250,9 @@ class Simulator:
         def call() -> None:
             try:
                 future.set_result(fn())
-            except BaseException as exc:    # handed to the waiting thread
+            except BaseException as exc:  # handed to the waiting thread
                 future.set_exception(exc)
+
         self._loop.call_soon_threadsafe(call)
         return future.result()
 

@@ -31,11 +31,7 @@ def test_every_recorded_text_frame_parses():
 
 
 def test_done_only_for_executing_null_with_prompt_id():
-    done = [
-        rec["msg"]
-        for rec in _records()
-        if "msg" in rec and parse_text(json.dumps(rec["msg"])).done
-    ]
+    done = [rec["msg"] for rec in _records() if "msg" in rec and parse_text(json.dumps(rec["msg"])).done]
     assert done and all(m["type"] == "executing" and m["data"]["node"] is None for m in done)
     assert not parse_text('{"type": "executing", "data": {"node": "3"}}').done  # reconnect replay
     assert not parse_text('{"type": "executing", "data": {"node": null}}').done
@@ -48,7 +44,10 @@ def test_queue_remaining():
     ev = parse_text('{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 3}}, "sid": "x"}}')
     assert ev.queue_remaining == 3 and ev.prompt_id is None
     assert parse_text('{"type": "status", "data": {}}').queue_remaining is None
-    assert parse_text('{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": "3"}}}}').queue_remaining is None
+    assert (
+        parse_text('{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": "3"}}}}').queue_remaining
+        is None
+    )
     assert parse_text('{"type": "progress", "data": {"value": 1, "max": 2}}').queue_remaining is None
 
 
@@ -60,8 +59,19 @@ def test_unknown_type_is_kept_and_bytes_accepted():
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "not json", "[]", "null", "3", '{"data": {}}', '{"type": 1, "data": {}}',
-     '{"type": "x", "data": []}', '{"type": "x", "data": null}', b"\xff\xfe", "{\"type\": \"x\""],
+    [
+        "",
+        "not json",
+        "[]",
+        "null",
+        "3",
+        '{"data": {}}',
+        '{"type": 1, "data": {}}',
+        '{"type": "x", "data": []}',
+        '{"type": "x", "data": null}',
+        b"\xff\xfe",
+        '{"type": "x"',
+    ],
 )
 def test_junk_text_is_none(raw):
     assert parse_text(raw) is None
@@ -82,7 +92,7 @@ def test_type1_preview():
 
 
 def test_type3_text():
-    node, text = "12".encode(), "step 3/20 ✓".encode()
+    node, text = b"12", "step 3/20 ✓".encode()
     assert parse_binary(_frame(3, len(node), node + text)) == Text("12", "step 3/20 ✓")
     assert parse_binary(_frame(3, 2, b"\xff\xfe" + b"x")) is None  # node id is not UTF-8
     assert parse_binary(_frame(3, 50, b"12")) is None  # length beyond the frame
@@ -98,7 +108,9 @@ def test_recorded_type4_frames_parse():
             assert int.from_bytes(header[4:], "big") == len(meta)
             image = b"I" * (rec["len"] - 8 - len(meta))
             p = parse_binary(header + meta + image)
-            assert p == Preview(image, rec["metadata"]["image_type"], rec["metadata"]["prompt_id"], rec["metadata"]["node_id"])
+            assert p == Preview(
+                image, rec["metadata"]["image_type"], rec["metadata"]["prompt_id"], rec["metadata"]["node_id"]
+            )
             count += 1
         elif rec.get("binary") and rec["event_type"] == 1:
             p = parse_binary(bytes.fromhex(rec["first8"]) + b"img")
@@ -118,10 +130,15 @@ def test_type4_edge_cases():
     assert parse_binary(_frame(4, len(odd), odd + b"w")) == Preview(b"w", "image/webp", None, None)
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x00\x01", b"\x00\x00\x00\x01\x00\x00", _frame(2, 1, b"raw"), _frame(99, 0)])
+@pytest.mark.parametrize(
+    "raw", [b"", b"\x00\x00\x00\x01", b"\x00\x00\x00\x01\x00\x00", _frame(2, 1, b"raw"), _frame(99, 0)]
+)
 def test_junk_binary_is_none(raw):
     assert parse_binary(raw) is None
 
 
 def test_feature_flags_message():
-    assert json.loads(json.dumps(FEATURE_FLAGS)) == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+    assert json.loads(json.dumps(FEATURE_FLAGS)) == {
+        "type": "feature_flags",
+        "data": {"supports_preview_metadata": True},
+    }

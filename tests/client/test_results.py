@@ -5,7 +5,7 @@ import copy
 import io
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -35,7 +35,7 @@ HISTORY = _history_entries()
 
 
 def _utc_ms(ms):
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _png(color="red", size=(8, 6), fmt="PNG"):
@@ -62,7 +62,7 @@ def test_single_image_entry_with_timings():
     assert r.prompt_id == pid and r.status == "success" and r.server == SERVER
     assert r.images == [ImageRef("tiny_00011_.png", "", "output", "2", SERVER)]
     assert r.outputs == HISTORY[pid]["outputs"] and r.history is HISTORY[pid]
-    assert r.queued_at == _utc_ms(1795928424508) and r.queued_at.tzinfo is timezone.utc
+    assert r.queued_at == _utc_ms(1795928424508) and r.queued_at.tzinfo is UTC
     assert r.started_at == _utc_ms(1795928424508)
     assert r.finished_at == _utc_ms(1795928424512)
     assert r.queue_wait == 0.0 and r.run_time == pytest.approx(0.004)
@@ -87,10 +87,20 @@ def test_every_recorded_entry_parses():
 
 
 def test_error_and_interrupt_come_from_the_messages():
-    err = Result.from_history("5542ce86-5cc2-44cc-bb6b-341facb02ff3", HISTORY["5542ce86-5cc2-44cc-bb6b-341facb02ff3"], server=SERVER, fetcher=None)
+    err = Result.from_history(
+        "5542ce86-5cc2-44cc-bb6b-341facb02ff3",
+        HISTORY["5542ce86-5cc2-44cc-bb6b-341facb02ff3"],
+        server=SERVER,
+        fetcher=None,
+    )
     assert err.status == "error" and err.images == []
     assert err.finished_at == _utc_ms(HISTORY[err.prompt_id]["status"]["messages"][-1][1]["timestamp"])
-    intr = Result.from_history("ff699154-ec92-424c-8842-b3efafa9e12e", HISTORY["ff699154-ec92-424c-8842-b3efafa9e12e"], server=SERVER, fetcher=None)
+    intr = Result.from_history(
+        "ff699154-ec92-424c-8842-b3efafa9e12e",
+        HISTORY["ff699154-ec92-424c-8842-b3efafa9e12e"],
+        server=SERVER,
+        fetcher=None,
+    )
     assert intr.status == "interrupted"
     # a runtime dependency cycle can leave status_str "success": the messages say otherwise
     entry = copy.deepcopy(HISTORY["8ef5aabc-e5f2-45b7-9cf3-1a63fac87872"])
@@ -102,8 +112,10 @@ def test_images_from_every_output_node_in_node_order():
     entry = {
         "outputs": {
             "10": {"images": [{"filename": "c.png", "subfolder": "s", "type": "temp"}]},
-            "9": {"gifs": [{"filename": "b.webp", "subfolder": "", "type": "output", "format": "image/webp"}],
-                  "images": [{"filename": "a.png"}]},
+            "9": {
+                "gifs": [{"filename": "b.webp", "subfolder": "", "type": "output", "format": "image/webp"}],
+                "images": [{"filename": "a.png"}],
+            },
             "15.0.0.3": {"images": [{"filename": "d.png", "subfolder": "", "type": "output"}]},
             "15": {"text": ["hello"], "audio": [{"filename": "x.flac", "subfolder": "", "type": "output"}]},
             "2": {"images": [{"no": "filename"}, "junk", {"filename": 5}], "animated": [True]},
@@ -122,8 +134,11 @@ def test_images_from_every_output_node_in_node_order():
 
 def test_odd_entries():
     assert Result.from_history("p", {}, server=SERVER, fetcher=None).images == []
-    junk = {"outputs": [], "status": {"messages": [["execution_start"], "x", ["execution_start", {"timestamp": "soon"}]]},
-            "prompt": [1, "p", {}, "not extra"]}
+    junk = {
+        "outputs": [],
+        "status": {"messages": [["execution_start"], "x", ["execution_start", {"timestamp": "soon"}]]},
+        "prompt": [1, "p", {}, "not extra"],
+    }
     r = Result.from_history("p", junk, server=SERVER, fetcher=None)
     assert r.outputs == {} and r.started_at is None and r.queued_at is None
     with pytest.raises(ProtocolError):
@@ -150,7 +165,9 @@ def test_lazy_fetch_is_cached_and_runs_on_the_private_loop():
     img = ref.image
     assert img.size == (8, 6) and ref.image is img
     assert fetch.calls == [("x.png", "sub", "temp", True)]
-    assert ref == ImageRef("x.png", "sub", "temp", "9", SERVER) and hash(ref) == hash(ImageRef("x.png", "sub", "temp", "9", SERVER))
+    assert ref == ImageRef("x.png", "sub", "temp", "9", SERVER) and hash(ref) == hash(
+        ImageRef("x.png", "sub", "temp", "9", SERVER)
+    )
 
 
 async def test_fetch_from_a_running_loop():
@@ -184,7 +201,10 @@ def test_save_into_a_folder_and_to_a_path(tmp_path):
     assert ref.save(tmp_path / "chosen" / "name.png") == tmp_path / "chosen" / "name.png"
     assert (tmp_path / "chosen" / "name.png").read_bytes() == data
     # backslashes are separators too, and "." parts vanish
-    assert ImageRef("z.png", "b\\.\\c", "output", "9", SERVER, FileServer(data)).save(tmp_path) == tmp_path.resolve() / "b" / "c" / "z.png"
+    assert (
+        ImageRef("z.png", "b\\.\\c", "output", "9", SERVER, FileServer(data)).save(tmp_path)
+        == tmp_path.resolve() / "b" / "c" / "z.png"
+    )
 
 
 @pytest.mark.parametrize(
@@ -255,7 +275,10 @@ async def test_images_from_the_simulator(tmp_path):
         t = Transport(sim.url)
         try:
             prompt = {
-                "1": {"class_type": "EmptyImage", "inputs": {"width": 40, "height": 30, "batch_size": 2, "color": 0x00FF00}},
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 40, "height": 30, "batch_size": 2, "color": 0x00FF00},
+                },
                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "res/a b&c"}},
             }
             await on_loop(t.post_prompt({"prompt": prompt, "client_id": "c", "prompt_id": "r1"}))

@@ -131,8 +131,9 @@ def _echo_app():
     async def forbidden(request):
         return web.Response(status=403, text="denied for " + request.headers.get("Authorization", ""))
 
-    return _counting_app([("GET", "/echo", echo), ("GET", "/fail", fail), ("POST", "/prompt", fail),
-                          ("GET", "/queue", forbidden)])
+    return _counting_app(
+        [("GET", "/echo", echo), ("GET", "/fail", fail), ("POST", "/prompt", fail), ("GET", "/queue", forbidden)]
+    )
 
 
 def _assert_clean(text):
@@ -350,10 +351,28 @@ async def test_a_transport_stays_on_its_loop(serve, make):
 def tls_context(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
@@ -414,8 +433,18 @@ def test_validation_error_from_every_recorded_400():
         assert body["error"]["message"] in str(e)
     first = validation_error(bodies[0])
     missing, too_big = first.node_errors
-    assert (missing.node_id, missing.class_type, missing.input_name, missing.type) == ("2", "SaveImage", "images", "required_input_missing")
-    assert (too_big.node_id, too_big.class_type, too_big.input_name, too_big.received) == ("3", "ImageBlur", "blur_radius", 99)
+    assert (missing.node_id, missing.class_type, missing.input_name, missing.type) == (
+        "2",
+        "SaveImage",
+        "images",
+        "required_input_missing",
+    )
+    assert (too_big.node_id, too_big.class_type, too_big.input_name, too_big.received) == (
+        "3",
+        "ImageBlur",
+        "blur_radius",
+        99,
+    )
     assert too_big.message == "Value 99 bigger than max of 31" and too_big.details == "blur_radius"
     assert "node 3 (ImageBlur) input 'blur_radius': Value 99 bigger than max of 31" in str(first)
     unknown = validation_error(bodies[1])
@@ -423,9 +452,25 @@ def test_validation_error_from_every_recorded_400():
 
 
 def test_validation_error_of_a_partial_200_and_odd_bodies():
-    partial = validation_error({"prompt_id": "p", "number": 1, "node_errors": {"5": {"errors": [
-        {"type": "value_not_in_list", "message": "Value not in list", "details": "x", "extra_info": {"input_name": "sampler_name", "received_value": "foo"}}],
-        "class_type": "KSampler"}}})
+    partial = validation_error(
+        {
+            "prompt_id": "p",
+            "number": 1,
+            "node_errors": {
+                "5": {
+                    "errors": [
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": "x",
+                            "extra_info": {"input_name": "sampler_name", "received_value": "foo"},
+                        }
+                    ],
+                    "class_type": "KSampler",
+                }
+            },
+        }
+    )
     assert "some outputs" in str(partial) and partial.node_errors[0].received == "foo"
     odd = validation_error({"error": "plain text", "node_errors": {"1": "junk", "2": {"errors": ["junk", {}]}}})
     assert "plain text" in str(odd) and [(n.node_id, n.class_type) for n in odd.node_errors] == [("2", "?")]
@@ -475,6 +520,7 @@ print("OK")
 
 
 # -- against the embedded simulator ---------------------------------------------------------------
+
 
 def tiny(color=0x112233, prefix="tiny"):
     return {
@@ -558,8 +604,10 @@ async def test_simulator_validation_error(make):
         e = info.value
         assert e.type == "prompt_outputs_failed_validation"
         got = {(n.node_id, n.class_type, n.input_name, n.type) for n in e.node_errors}
-        assert got == {("2", "SaveImage", "images", "required_input_missing"),
-                       ("3", "ImageBlur", "blur_radius", "value_bigger_than_max")}
+        assert got == {
+            ("2", "SaveImage", "images", "required_input_missing"),
+            ("3", "ImageBlur", "blur_radius", "value_bigger_than_max"),
+        }
         assert [n.received for n in e.node_errors if n.node_id == "3"] == [99]
         with pytest.raises(ValidationError) as info:
             await on_loop(t.post_prompt({"prompt": {"1": {"class_type": "NoSuchNodeXYZ", "inputs": {}}}}))
@@ -683,7 +731,15 @@ async def test_websocket_events_and_previews(make):
         previews = [f for f in legacy if isinstance(f, Preview)]
         assert len(previews) == 2 and all(p.prompt_id is None and p.mime == "image/png" for p in previews)
 
-        tagged = await on_loop(_listen(t, "modern", flags=True, prompt=dict(WS_IMAGE, **{"1": {**WS_IMAGE["1"], "inputs": {**WS_IMAGE["1"]["inputs"], "color": 1}}}), prompt_id="w2"))
+        tagged = await on_loop(
+            _listen(
+                t,
+                "modern",
+                flags=True,
+                prompt=dict(WS_IMAGE, **{"1": {**WS_IMAGE["1"], "inputs": {**WS_IMAGE["1"]["inputs"], "color": 1}}}),
+                prompt_id="w2",
+            )
+        )
         types = [f.type for f in tagged if isinstance(f, Event)]
         assert "feature_flags" in types and types[-1] == "executing"
         previews = [f for f in tagged if isinstance(f, Preview)]

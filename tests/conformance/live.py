@@ -4,6 +4,7 @@ Only ``aiohttp`` is used (the comfynb client is not imported): each socket is an
 ``aiohttp`` WebSocket with a reader task that appends every received frame to the shared
 record list; HTTP calls are appended as ``src: "http"`` records.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,12 @@ import json
 import struct
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
-WAIT = 5.0          # generous upper bound for any single wait; tests normally finish in ms
+WAIT = 5.0  # generous upper bound for any single wait; tests normally finish in ms
 
 
 def new_client_id(label: str) -> str:
@@ -25,16 +27,18 @@ def new_client_id(label: str) -> str:
 
 def msg_is(type_: str, **data: Any) -> Callable[[dict], bool]:
     """Predicate on a received record: text message of ``type_`` whose data matches ``data``."""
+
     def pred(rec: dict) -> bool:
         if "msg" not in rec or rec["msg"].get("type") != type_:
             return False
         d = rec["msg"].get("data") or {}
         return all(d.get(k, object()) == v for k, v in data.items())
+
     return pred
 
 
 class Socket:
-    def __init__(self, live: "Live", label: str, client_id: str):
+    def __init__(self, live: Live, label: str, client_id: str):
         self.live = live
         self.label = label
         self.client_id = client_id
@@ -57,15 +61,19 @@ class Socket:
                     rec["msg"] = json.loads(m.data)
                 elif m.type == aiohttp.WSMsgType.BINARY:
                     data: bytes = m.data
-                    rec.update(binary=True, len=len(data), first8=data[:8].hex(),
-                               event_type=struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None)
+                    rec.update(
+                        binary=True,
+                        len=len(data),
+                        first8=data[:8].hex(),
+                        event_type=struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None,
+                    )
                     if rec["event_type"] == 4 and len(data) >= 8:
                         (n,) = struct.unpack(">I", data[4:8])
                         try:
-                            rec["metadata"] = json.loads(data[8:8 + n].decode())
+                            rec["metadata"] = json.loads(data[8 : 8 + n].decode())
                         except ValueError:
                             rec["metadata"] = None
-                    rec["payload"] = data            # kept for tests that decode the image; ignored by trace.py
+                    rec["payload"] = data  # kept for tests that decode the image; ignored by trace.py
                 else:
                     continue
                 self.live.records.append(rec)
@@ -79,6 +87,7 @@ class Socket:
 
     async def wait_for(self, pred: Callable[[dict], bool], *, count: int = 1, timeout: float = WAIT) -> dict:
         """Wait until ``count`` received frames match ``pred``; return the last of them."""
+
         async def _wait() -> dict:
             async with self._changed:
                 while True:
@@ -88,9 +97,10 @@ class Socket:
                     if self.closed:
                         raise AssertionError(f"{self.label}: socket closed while waiting")
                     await self._changed.wait()
+
         try:
             return await asyncio.wait_for(_wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             got = [r.get("msg", {}).get("type", "binary") for r in self.frames]
             raise AssertionError(f"{self.label}: timed out waiting; received so far: {got}") from None
 
@@ -123,7 +133,7 @@ class Live:
     def now(self) -> float:
         return round(time.monotonic() - self._t0, 4)
 
-    async def __aenter__(self) -> "Live":
+    async def __aenter__(self) -> Live:
         self.http = aiohttp.ClientSession()
         return self
 
@@ -143,8 +153,9 @@ class Live:
         self.records.append({"t": self.now(), "src": "note", "text": text})
 
     # ---------------------------------------------------------------- websockets
-    async def connect(self, label: str, client_id: str | None = None, *, feature_flags: dict | None = None,
-                      wait_status: bool = True) -> Socket:
+    async def connect(
+        self, label: str, client_id: str | None = None, *, feature_flags: dict | None = None, wait_status: bool = True
+    ) -> Socket:
         """Open ``/ws?clientId=``; optionally send ``feature_flags`` as the first frame (trace a2/i/k)."""
         assert self.http is not None
         sock = Socket(self, label, client_id or new_client_id(label))
@@ -159,8 +170,9 @@ class Live:
         return sock
 
     # ---------------------------------------------------------------- HTTP
-    async def request(self, method: str, path: str, *, json_body: Any = None, raw: str | None = None,
-                      record: bool = True) -> dict:
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, raw: str | None = None, record: bool = True
+    ) -> dict:
         assert self.http is not None
         rec: dict[str, Any] = {"t": self.now(), "src": "http", "method": method, "path": path}
         if json_body is not None:
@@ -168,7 +180,7 @@ class Live:
         if raw is not None:
             rec["req_raw"] = raw
         if record:
-            self.records.append(rec)      # appended at request time: keeps request order
+            self.records.append(rec)  # appended at request time: keeps request order
         kwargs: dict[str, Any] = {}
         if json_body is not None:
             kwargs["json"] = json_body
@@ -178,8 +190,11 @@ class Live:
         async with self.http.request(method, self.url + path, **kwargs) as resp:
             data = await resp.read()
             rec["status"] = resp.status
-            rec["headers"] = {k: resp.headers[k] for k in ("Content-Type", "Content-Length", "Content-Disposition")
-                              if k in resp.headers}
+            rec["headers"] = {
+                k: resp.headers[k]
+                for k in ("Content-Type", "Content-Length", "Content-Disposition")
+                if k in resp.headers
+            }
             rec["body_len"] = len(data)
             ct = resp.headers.get("Content-Type", "")
             if data and ct.startswith("application/json"):
@@ -233,8 +248,11 @@ class Live:
         for label, sock in self.sockets.items():
             if sock.closed or (sock.ws is not None and sock.ws.closed):
                 continue
-            n = sum(1 for r in trace_records if r["src"] == f"ws:{label}" and "event" not in r
-                    and r.get("msg", {}).get("type") == "status")
+            n = sum(
+                1
+                for r in trace_records
+                if r["src"] == f"ws:{label}" and "event" not in r and r.get("msg", {}).get("type") == "status"
+            )
             if n:
                 await sock.wait_for(msg_is("status"), count=n)
 

@@ -4,6 +4,7 @@ Compares the whole socket sequence (statuses with queue_remaining included: ever
 sequential), the HTTP exchanges (status, content type, masked body) and the queue number
 (a freshly started server numbers its first prompt 0, as the recording server did).
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live

@@ -3,6 +3,7 @@
 Compares the socket sequence including the ``feature_flags`` reply (its data verbatim),
 statuses with counts, and the HTTP exchange.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live

@@ -5,18 +5,21 @@ Compares the whole socket sequence (sequential: statuses with counts), the HTTP 
 (the history entry of the cached run, with its outputs, masked), and what the trace shows
 about the cached run's ``executed``: the *same* UI output (same filename) as the first run.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live
-from .trace import (assert_http_conforms, assert_socket_conforms, http_records, load, socket_frames,
-                    with_client)
+from .trace import assert_http_conforms, assert_socket_conforms, http_records, load, socket_frames, with_client
 
 TRACE = load("b")
 
 
 def executed_outputs(records, label):
-    return [r["msg"]["data"]["output"] for r in socket_frames(records, label)
-            if "msg" in r and r["msg"]["type"] == "executed"]
+    return [
+        r["msg"]["data"]["output"]
+        for r in socket_frames(records, label)
+        if "msg" in r and r["msg"]["type"] == "executed"
+    ]
 
 
 async def test_b_cached_resubmit():

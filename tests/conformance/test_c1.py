@@ -14,12 +14,23 @@ What the trace guarantees, and what is compared:
 * O receives nothing but statuses;
 * HTTP: three 200s with consecutive queue numbers.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
-from .trace import (assert_http_conforms, assert_same, load, norm_socket, post_numbers, prompt_order,
-                    queue_counts, status_before_start, status_messages, terminal_then_status_then_done,
-                    with_client)
+from .trace import (
+    assert_http_conforms,
+    assert_same,
+    load,
+    norm_socket,
+    post_numbers,
+    prompt_order,
+    queue_counts,
+    status_before_start,
+    status_messages,
+    terminal_then_status_then_done,
+    with_client,
+)
 
 TRACE = load("c1")
 
@@ -40,8 +51,11 @@ async def test_c1_one_client_three_prompts():
         await o.close()
 
     for label in ("A", "O"):
-        assert_same(norm_socket(live.records, label, statuses="drop"),
-                    norm_socket(TRACE.records, label, statuses="drop"), f"{label}, statuses removed")
+        assert_same(
+            norm_socket(live.records, label, statuses="drop"),
+            norm_socket(TRACE.records, label, statuses="drop"),
+            f"{label}, statuses removed",
+        )
         assert len(status_messages(live.records, label)) == len(status_messages(TRACE.records, label))
         for records in (live.records, TRACE.records):
             assert status_messages(records, label)[0] == status_messages(TRACE.records, label)[0]
@@ -51,8 +65,7 @@ async def test_c1_one_client_three_prompts():
 
     a_norm = norm_socket(live.records, "A")
     assert terminal_then_status_then_done(a_norm) == terminal_then_status_then_done(norm_socket(TRACE.records, "A"))
-    assert (status_before_start(norm_socket(live.records, "A"))
-            == status_before_start(norm_socket(TRACE.records, "A")))
+    assert status_before_start(norm_socket(live.records, "A")) == status_before_start(norm_socket(TRACE.records, "A"))
     assert prompt_order(live.records, "A") == prompt_order(TRACE.records, "A") == ["p#0", "p#1", "p#2"]
 
     assert_http_conforms(TRACE.records, live.records)

@@ -12,12 +12,23 @@ messages (and the queue counts around them). Compared (what the trace guarantees
 * prompts run in queue-number order (the recorded run was A, B, C = number order);
 * HTTP: three 200s with consecutive numbers.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
-from .trace import (assert_http_conforms, assert_same, http_records, load, norm_socket, post_numbers,
-                    queue_counts, status_before_start, status_messages, terminal_then_status_then_done,
-                    with_client)
+from .trace import (
+    assert_http_conforms,
+    assert_same,
+    http_records,
+    load,
+    norm_socket,
+    post_numbers,
+    queue_counts,
+    status_before_start,
+    status_messages,
+    terminal_then_status_then_done,
+    with_client,
+)
 
 TRACE = load("c2")
 LABELS = ("A", "B", "C", "O")
@@ -54,17 +65,22 @@ async def test_c2_three_clients():
             await s.close()
 
     for label in LABELS:
-        assert_same(norm_socket(live.records, label, statuses="drop", relabel=True),
-                    norm_socket(TRACE.records, label, statuses="drop", relabel=True), f"{label}, statuses removed")
+        assert_same(
+            norm_socket(live.records, label, statuses="drop", relabel=True),
+            norm_socket(TRACE.records, label, statuses="drop", relabel=True),
+            f"{label}, statuses removed",
+        )
         assert len(status_messages(live.records, label)) == len(status_messages(TRACE.records, label)), label
         assert status_messages(live.records, label)[0] == status_messages(TRACE.records, label)[0]
         assert queue_counts(live.records, label)[-1] == queue_counts(TRACE.records, label)[-1] == 0
         assert queue_counts(live.records, label) == queue_counts(live.records, "O")
         assert queue_counts(TRACE.records, label) == queue_counts(TRACE.records, "O")
-        assert (terminal_then_status_then_done(norm_socket(live.records, label, relabel=True))
-                == terminal_then_status_then_done(norm_socket(TRACE.records, label, relabel=True)))
-        assert (status_before_start(norm_socket(live.records, label, relabel=True))
-                == status_before_start(norm_socket(TRACE.records, label, relabel=True)))
+        assert terminal_then_status_then_done(
+            norm_socket(live.records, label, relabel=True)
+        ) == terminal_then_status_then_done(norm_socket(TRACE.records, label, relabel=True))
+        assert status_before_start(norm_socket(live.records, label, relabel=True)) == status_before_start(
+            norm_socket(TRACE.records, label, relabel=True)
+        )
 
     assert run_order(TRACE.records) == number_order(TRACE.records)
     assert run_order(live.records) == number_order(live.records)

@@ -12,13 +12,14 @@ final ``status`` broadcast (3 statuses per prompt on each socket). The interrupt
 once node 2 of slow.json is running (the recorder slept 0.5 s, which landed there too);
 ImageBlur is slowed down so the interrupt lands inside node 2.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
 from .trace import assert_http_conforms, assert_socket_conforms, load
 
 TRACE = load("c3")
-BLUR = 0.2      # seconds per ImageBlur in the simulator
+BLUR = 0.2  # seconds per ImageBlur in the simulator
 
 
 def running(node, pid):
@@ -28,6 +29,7 @@ def running(node, pid):
         d = rec["msg"]["data"]
         e = d["nodes"].get(node)
         return d.get("prompt_id") == pid and isinstance(e, dict) and e.get("state") == "running"
+
     return pred
 
 

@@ -9,6 +9,7 @@ Also checked, from the trace README ("``number`` is still consumed") and the num
 the recorded scenarios (c3 ended at 14, e started at 24: the nine JSON bodies of d consumed
 15..23, the non-JSON one did not): the next accepted prompt gets number 9 on a fresh server.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live
@@ -31,11 +32,17 @@ async def test_d_validation_failures():
         await a.close()
 
         # not part of the trace: numbering after the rejected prompts
-        ok = await live.post("/prompt", {
-            "client_id": "Z-00000000",      # no socket: nothing but status is sent
-            "prompt": {"1": {"class_type": "EmptyImage",
-                             "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-                       "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}}, record=False)
+        ok = await live.post(
+            "/prompt",
+            {
+                "client_id": "Z-00000000",  # no socket: nothing but status is sent
+                "prompt": {
+                    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+                },
+            },
+            record=False,
+        )
     assert ok["status"] == 200, ok
     assert ok["body"]["number"] == 9
 

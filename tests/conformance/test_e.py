@@ -7,6 +7,7 @@ second (uncached: failures are not cached) run fails the same way. HTTP: the his
 of the failed prompt (``status_str: error``, ``completed: false``, empty outputs and meta,
 messages ending with the ``execution_error``), traceback text and input values as placeholders.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is

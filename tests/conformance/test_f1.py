@@ -14,12 +14,24 @@ status of the tiny POST lands somewhere in the slow prompt's run depending on ti
 O's status sequences are identical and O's (statuses only) is compared in full; each prompt's
 status -> start and terminal -> status -> done; the run order; all HTTP exchanges (masked bodies).
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
-from .trace import (assert_http_conforms, assert_same, assert_socket_conforms, load, norm_socket, note_index,
-                    prompt_order, queue_counts, status_before_start, status_messages,
-                    terminal_then_status_then_done, with_client)
+from .trace import (
+    assert_http_conforms,
+    assert_same,
+    assert_socket_conforms,
+    load,
+    norm_socket,
+    note_index,
+    prompt_order,
+    queue_counts,
+    status_before_start,
+    status_messages,
+    terminal_then_status_then_done,
+    with_client,
+)
 
 TRACE = load("f1")
 BLUR = 0.2
@@ -55,17 +67,22 @@ async def test_f1_interrupt():
         await o.close()
 
     cut_t, cut_l = note_index(TRACE.records, PART2), note_index(live.records, PART2)
-    assert_same(norm_socket(live.records, "A", window=(0, cut_l)),
-                norm_socket(TRACE.records, "A", window=(0, cut_t)), "A part 1")
-    assert_same(norm_socket(live.records, "A", statuses="drop", window=(cut_l, len(live.records))),
-                norm_socket(TRACE.records, "A", statuses="drop", window=(cut_t, len(TRACE.records))),
-                "A part 2, statuses removed")
+    assert_same(
+        norm_socket(live.records, "A", window=(0, cut_l)),
+        norm_socket(TRACE.records, "A", window=(0, cut_t)),
+        "A part 1",
+    )
+    assert_same(
+        norm_socket(live.records, "A", statuses="drop", window=(cut_l, len(live.records))),
+        norm_socket(TRACE.records, "A", statuses="drop", window=(cut_t, len(TRACE.records))),
+        "A part 2, statuses removed",
+    )
     assert_socket_conforms(live.records, TRACE.records, "O")
     assert queue_counts(live.records, "A") == queue_counts(live.records, "O")
     assert queue_counts(TRACE.records, "A") == queue_counts(TRACE.records, "O")
-    assert (terminal_then_status_then_done(norm_socket(live.records, "A"))
-            == terminal_then_status_then_done(norm_socket(TRACE.records, "A")))
-    assert (status_before_start(norm_socket(live.records, "A"))
-            == status_before_start(norm_socket(TRACE.records, "A")))
+    assert terminal_then_status_then_done(norm_socket(live.records, "A")) == terminal_then_status_then_done(
+        norm_socket(TRACE.records, "A")
+    )
+    assert status_before_start(norm_socket(live.records, "A")) == status_before_start(norm_socket(TRACE.records, "A"))
     assert prompt_order(live.records, "A") == prompt_order(TRACE.records, "A") == ["p#0", "p#1", "p#2"]
     assert_http_conforms(TRACE.records, live.records)

@@ -12,12 +12,23 @@ HTTP calls land among the slow prompt's messages depending on timing; A's status
 equals O's; status -> start and terminal -> status -> done per prompt; every HTTP exchange
 (masked ``/queue`` items, empty bodies of ``POST /queue``).
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
-from .trace import (assert_http_conforms, assert_same, assert_socket_conforms, load, norm_socket,
-                    prompt_order, queue_counts, status_before_start, status_messages,
-                    terminal_then_status_then_done, with_client)
+from .trace import (
+    assert_http_conforms,
+    assert_same,
+    assert_socket_conforms,
+    load,
+    norm_socket,
+    prompt_order,
+    queue_counts,
+    status_before_start,
+    status_messages,
+    terminal_then_status_then_done,
+    with_client,
+)
 
 TRACE = load("f2")
 BLUR = 0.2
@@ -54,13 +65,16 @@ async def test_f2_queue_delete():
         await o.close()
 
     assert_socket_conforms(live.records, TRACE.records, "O")
-    assert_same(norm_socket(live.records, "A", statuses="drop"), norm_socket(TRACE.records, "A", statuses="drop"),
-                "A, statuses removed")
+    assert_same(
+        norm_socket(live.records, "A", statuses="drop"),
+        norm_socket(TRACE.records, "A", statuses="drop"),
+        "A, statuses removed",
+    )
     assert queue_counts(live.records, "A") == queue_counts(live.records, "O")
     assert queue_counts(TRACE.records, "A") == queue_counts(TRACE.records, "O")
-    assert (terminal_then_status_then_done(norm_socket(live.records, "A"))
-            == terminal_then_status_then_done(norm_socket(TRACE.records, "A")))
-    assert (status_before_start(norm_socket(live.records, "A"))
-            == status_before_start(norm_socket(TRACE.records, "A")))
+    assert terminal_then_status_then_done(norm_socket(live.records, "A")) == terminal_then_status_then_done(
+        norm_socket(TRACE.records, "A")
+    )
+    assert status_before_start(norm_socket(live.records, "A")) == status_before_start(norm_socket(TRACE.records, "A"))
     assert prompt_order(live.records, "A") == prompt_order(TRACE.records, "A") == ["p#0", "p#2"]
     assert_http_conforms(TRACE.records, live.records)

@@ -11,6 +11,7 @@ Timing: the simulator's ImageBlur takes ``BLUR`` s, so node 3 runs from BLUR to 
 the POST; L2 connects at 1.5*BLUR (the recording connected 1.0 s after the POST, also inside
 node 3). Both sockets are compared in full, and the two HTTP POSTs.
 """
+
 import asyncio
 
 from comfynb.sim import Simulator

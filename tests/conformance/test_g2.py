@@ -9,6 +9,7 @@ node 2 started, so R#2 connects 1.5*BLUR after R#1 saw ``executing 2`` (the reco
 1.5 s with ~0.7 s blurs, also inside node 3). Both sockets compared in full; HTTP: the POST
 and the final ``/history/{id}`` (masked).
 """
+
 import asyncio
 
 from comfynb.sim import Simulator

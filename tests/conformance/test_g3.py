@@ -10,6 +10,7 @@ Completion is observed through ``/history`` polling (not recorded, as in the rec
 Both sockets compared in full (including the absence of anything after the replay); HTTP:
 the two POSTs.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is

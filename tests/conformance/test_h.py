@@ -22,12 +22,25 @@ first POST; every HTTP exchange with masked bodies, except:
 * ``/api/jobs?limit=2``: ``pagination.total`` counted every job of the recording server;
 * ``/api/system_stats``: keys only (machine-dependent values).
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live, msg_is
-from .trace import (assert_same, compare_http, http_records, load, norm_socket, note_index, post_numbers,
-                    prompt_order, status_before_start, status_messages, swap_node_runs,
-                    terminal_then_status_then_done, with_client)
+from .trace import (
+    assert_same,
+    compare_http,
+    http_records,
+    load,
+    norm_socket,
+    note_index,
+    post_numbers,
+    prompt_order,
+    status_before_start,
+    status_messages,
+    swap_node_runs,
+    terminal_then_status_then_done,
+    with_client,
+)
 
 TRACE = load("h")
 BLUR = 0.2
@@ -36,9 +49,15 @@ PART2 = "queue priority"
 
 
 def executing_order(records, pid):
-    return [r["msg"]["data"]["node"] for r in records if r["src"] == "ws:A" and "msg" in r
-            and r["msg"]["type"] == "executing" and r["msg"]["data"].get("prompt_id") == pid
-            and r["msg"]["data"]["node"] is not None]
+    return [
+        r["msg"]["data"]["node"]
+        for r in records
+        if r["src"] == "ws:A"
+        and "msg" in r
+        and r["msg"]["type"] == "executing"
+        and r["msg"]["data"].get("prompt_id") == pid
+        and r["msg"]["data"]["node"] is not None
+    ]
 
 
 def http_index(path_prefix: str, nth: int = 0) -> int:
@@ -106,27 +125,33 @@ async def test_h_http_endpoints():
     if executing_order(live.records, OWN_ID)[:5] == ["1", "3", "2", "4", "5"]:
         expected = swap_node_runs(TRACE.records, "A", OWN_ID, "5", "4")
     cut_t, cut_l = note_index(expected, PART2), note_index(live.records, PART2)
-    assert_same(norm_socket(live.records, "A", window=(0, cut_l)),
-                norm_socket(expected, "A", window=(0, cut_t)), "A part 1")
-    assert_same(norm_socket(live.records, "A", statuses="drop", window=(cut_l, len(live.records))),
-                norm_socket(TRACE.records, "A", statuses="drop", window=(cut_t, len(TRACE.records))),
-                "A part 2, statuses removed")
+    assert_same(
+        norm_socket(live.records, "A", window=(0, cut_l)), norm_socket(expected, "A", window=(0, cut_t)), "A part 1"
+    )
+    assert_same(
+        norm_socket(live.records, "A", statuses="drop", window=(cut_l, len(live.records))),
+        norm_socket(TRACE.records, "A", statuses="drop", window=(cut_t, len(TRACE.records))),
+        "A part 2, statuses removed",
+    )
     assert len(status_messages(live.records, "A")) == len(status_messages(TRACE.records, "A"))
-    assert (terminal_then_status_then_done(norm_socket(live.records, "A"))
-            == terminal_then_status_then_done(norm_socket(TRACE.records, "A")))
-    assert (status_before_start(norm_socket(live.records, "A"))
-            == status_before_start(norm_socket(TRACE.records, "A")))
-    assert (prompt_order(live.records, "A") == prompt_order(TRACE.records, "A")
-            == ["p#0", "p#1", "p#2", "p#3", "p#4", "p#7", "p#6", "p#5"])
+    assert terminal_then_status_then_done(norm_socket(live.records, "A")) == terminal_then_status_then_done(
+        norm_socket(TRACE.records, "A")
+    )
+    assert status_before_start(norm_socket(live.records, "A")) == status_before_start(norm_socket(TRACE.records, "A"))
+    assert (
+        prompt_order(live.records, "A")
+        == prompt_order(TRACE.records, "A")
+        == ["p#0", "p#1", "p#2", "p#3", "p#4", "p#7", "p#6", "p#5"]
+    )
 
     # --- HTTP
     assert post_numbers(live.records) == post_numbers(TRACE.records)
     exp, act = compare_http(
-        TRACE.http(), http_records(live.records),
-        ignore_at={http_index("/api/jobs?"): ("total",),
-                   http_index("/history?max_items=1&offset=0"): ("color",)},
-        body_mode={http_index("/history?max_items=1&offset=0"): "entries",
-                   http_index("/api/system_stats"): "shape"})
+        TRACE.http(),
+        http_records(live.records),
+        ignore_at={http_index("/api/jobs?"): ("total",), http_index("/history?max_items=1&offset=0"): ("color",)},
+        body_mode={http_index("/history?max_items=1&offset=0"): "entries", http_index("/api/system_stats"): "shape"},
+    )
     assert_same(act, exp, "HTTP")
     assert list(oldest) == [OWN_ID]
     assert view_out["payload"][:8] == view_tmp["payload"][:8] == b"\x89PNG\r\n\x1a\n"

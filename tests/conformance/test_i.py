@@ -7,6 +7,7 @@ with node/prompt ids, ``image_type: image/png``) *before* each ``progress``. No 
 full; HTTP: the two POSTs and M's ``/history/{id}`` (masked). The payloads are checked to be
 PNG images as the headers announce.
 """
+
 import json
 import struct
 
@@ -48,6 +49,6 @@ async def test_i_ws_image_binary():
     for rec in socket_frames(live.records, "M"):
         if rec.get("binary"):
             (n,) = struct.unpack(">I", rec["payload"][4:8])
-            meta = json.loads(rec["payload"][8:8 + n])
+            meta = json.loads(rec["payload"][8 : 8 + n])
             assert meta["prompt_id"] == pm
-            assert rec["payload"][8 + n:16 + n] == png
+            assert rec["payload"][8 + n : 16 + n] == png

@@ -10,6 +10,7 @@ re-sent for SaveImage, nothing executed).
 Sequential: all three sockets compared in full (statuses with counts; node execution order
 4, 5, 7, 6, 3, 8, 9 as ComfyUI's scheduler picks it); HTTP: four POSTs and run1's history.
 """
+
 from comfynb.sim import Simulator
 
 from .live import Live

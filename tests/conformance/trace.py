@@ -24,26 +24,38 @@ Prompt ids are not dropped blindly: every message that carries a ``prompt_id`` i
 That makes the comparison check *which* prompt each targeted message belongs to (and the
 execution order of prompts) without depending on the id's value.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-CID_RE = re.compile(r"\b[A-Z]-[0-9a-f]{8}\b")            # client ids of the recorder: "A-52c49eba"
-COUNTER_RE = re.compile(r"_\d{5}_")                       # SaveImage counter: tiny_00011_.png
-TEMP_RE = re.compile(r"ComfyUI_temp_[a-z]{5}_")           # PreviewImage random infix
+CID_RE = re.compile(r"\b[A-Z]-[0-9a-f]{8}\b")  # client ids of the recorder: "A-52c49eba"
+COUNTER_RE = re.compile(r"_\d{5}_")  # SaveImage counter: tiny_00011_.png
+TEMP_RE = re.compile(r"ComfyUI_temp_[a-z]{5}_")  # PreviewImage random infix
 
 # keys whose *values* vary between runs (compared by JSON type only)
-VOLATILE_KEYS = frozenset({
-    "timestamp", "create_time", "execution_start_time", "execution_end_time",
-    "sid", "client_id", "prompt_id", "id", "number", "priority",
-})
+VOLATILE_KEYS = frozenset(
+    {
+        "timestamp",
+        "create_time",
+        "execution_start_time",
+        "execution_end_time",
+        "sid",
+        "client_id",
+        "prompt_id",
+        "id",
+        "number",
+        "priority",
+    }
+)
 
 
 # lists that ComfyUI builds from sets (``executed``, ``current_outputs`` of execution_error /
@@ -52,6 +64,7 @@ SET_KEYS = frozenset({"executed", "current_outputs"})
 
 
 # --------------------------------------------------------------------------- loading
+
 
 @dataclass
 class Trace:
@@ -107,6 +120,7 @@ def socket_frames(records: Iterable[dict], label: str, window: tuple[int, int] |
 
 # --------------------------------------------------------------------------- masking
 
+
 def mask_str(s: str) -> str:
     s = UUID_RE.sub("<uuid>", s)
     s = CID_RE.sub("<cid>", s)
@@ -136,8 +150,13 @@ def _queue_item(item: Any, ignore: frozenset) -> Any:
     if not (isinstance(item, list) and len(item) == 5):
         return ["<not a 5-element queue item>", mask(item, ignore)]
     number, pid, prompt, extra, outputs = item
-    return [type_tag(number), type_tag(pid), mask(prompt, ignore), mask(extra, ignore),
-            sorted(outputs) if isinstance(outputs, list) else type_tag(outputs)]
+    return [
+        type_tag(number),
+        type_tag(pid),
+        mask(prompt, ignore),
+        mask(extra, ignore),
+        sorted(outputs) if isinstance(outputs, list) else type_tag(outputs),
+    ]
 
 
 def mask(v: Any, ignore: Iterable[str] = (), _key: str | None = None) -> Any:
@@ -152,7 +171,7 @@ def mask(v: Any, ignore: Iterable[str] = (), _key: str | None = None) -> Any:
         out = {}
         for k, x in v.items():
             mk = mask_str(k)
-            if mk != k:                     # several prompt ids as keys: keep them apart, in order
+            if mk != k:  # several prompt ids as keys: keep them apart, in order
                 mk = f"{mk}#{sum(1 for o in out if o.startswith(mk))}"
             if k in VOLATILE_KEYS or k in ignore:
                 out[mk] = type_tag(x)
@@ -209,6 +228,7 @@ def note_index(records: list[dict], prefix: str) -> int:
 
 # --------------------------------------------------------------------------- prompt ordinals
 
+
 class Ordinals:
     """Map prompt ids to the ordinal of the POST /prompt that returned them.
 
@@ -220,8 +240,14 @@ class Ordinals:
         self.by_id: dict[str, list[int]] = {}
         n = 0
         for r in records:
-            if (r["src"] == "http" and r["method"] == "POST" and r["path"] in ("/prompt", "/api/prompt")
-                    and r["status"] == 200 and isinstance(r.get("body"), dict) and "prompt_id" in r["body"]):
+            if (
+                r["src"] == "http"
+                and r["method"] == "POST"
+                and r["path"] in ("/prompt", "/api/prompt")
+                and r["status"] == 200
+                and isinstance(r.get("body"), dict)
+                and "prompt_id" in r["body"]
+            ):
                 self.by_id.setdefault(r["body"]["prompt_id"], []).append(n)
                 n += 1
         self.starts: dict[str, int] = {}
@@ -239,6 +265,7 @@ class Ordinals:
 
 # --------------------------------------------------------------------------- WS messages
 
+
 def _num(x: Any) -> str:
     """Numbers keep their JSON type (ComfyUI sends 0.0/1.0 for plain nodes, ints for steps)."""
     return repr(x)
@@ -252,8 +279,7 @@ def _dump(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"))
 
 
-def norm_frame(rec: dict, ordinal: Ordinals, *, queue_values: bool = True,
-               client_id: str | None = None) -> str:
+def norm_frame(rec: dict, ordinal: Ordinals, *, queue_values: bool = True, client_id: str | None = None) -> str:
     """One received frame as a comparable string.
 
     ``queue_values=False`` drops ``queue_remaining`` from ``status`` (used where the count
@@ -264,12 +290,14 @@ def norm_frame(rec: dict, ordinal: Ordinals, *, queue_values: bool = True,
         s = f"binary:{et}"
         first8 = rec.get("first8", "")
         if et == 1 and len(first8) >= 16:
-            s += f" fmt={int(first8[8:16], 16)}"          # 1 = JPEG, 2 = PNG
+            s += f" fmt={int(first8[8:16], 16)}"  # 1 = JPEG, 2 = PNG
         if et == 4:
             meta = rec.get("metadata")
             if isinstance(meta, dict):
-                s += (f" meta={_keys(meta)} node={meta.get('node_id')} "
-                      f"image_type={meta.get('image_type')} {ordinal(meta.get('prompt_id'))}")
+                s += (
+                    f" meta={_keys(meta)} node={meta.get('node_id')} "
+                    f"image_type={meta.get('image_type')} {ordinal(meta.get('prompt_id'))}"
+                )
             else:
                 s += " meta=<missing>"
         return s
@@ -284,7 +312,7 @@ def norm_frame(rec: dict, ordinal: Ordinals, *, queue_values: bool = True,
     s = f"{t}{_keys(d)}"
     if "prompt_id" in d:
         s += f" {ordinal(d['prompt_id'])}"
-    if "timestamp" in d:                       # epoch milliseconds (ints around 1.8e12)
+    if "timestamp" in d:  # epoch milliseconds (ints around 1.8e12)
         ts = d["timestamp"]
         s += " ts=ms" if isinstance(ts, int) and not isinstance(ts, bool) and ts > 10**12 else f" ts={ts!r}"
     if "sid" in d:
@@ -315,35 +343,44 @@ def norm_frame(rec: dict, ordinal: Ordinals, *, queue_values: bool = True,
                     parts.append(f"{nid}:{type_tag(e)}")
                     continue
                 entry_keys.add(_keys(e))
-                parts.append(f"{nid}:{e.get('state')}:{_num(e.get('value'))}/{_num(e.get('max'))}"
-                             f"{'' if e.get('node_id') == nid else '!node_id=' + str(e.get('node_id'))}"
-                             f"{'' if e.get('prompt_id') == d.get('prompt_id') else '!prompt_id'}"
-                             f"{'' if e.get('display_node_id') == nid else '!display=' + str(e.get('display_node_id'))}"
-                             f"{'' if e.get('real_node_id') == nid else '!real=' + str(e.get('real_node_id'))}"
-                             f"{'' if e.get('parent_node_id', 0) is None else '!parent'}")
+                parts.append(
+                    f"{nid}:{e.get('state')}:{_num(e.get('value'))}/{_num(e.get('max'))}"
+                    f"{'' if e.get('node_id') == nid else '!node_id=' + str(e.get('node_id'))}"
+                    f"{'' if e.get('prompt_id') == d.get('prompt_id') else '!prompt_id'}"
+                    f"{'' if e.get('display_node_id') == nid else '!display=' + str(e.get('display_node_id'))}"
+                    f"{'' if e.get('real_node_id') == nid else '!real=' + str(e.get('real_node_id'))}"
+                    f"{'' if e.get('parent_node_id', 0) is None else '!parent'}"
+                )
             s += f" nodes=[{' '.join(parts)}] entry={'|'.join(sorted(entry_keys))}"
         else:
             s += f" nodes={type_tag(nodes)}"
     elif t == "execution_cached":
-        s += f" nodes={d.get('nodes')}"         # prompt order in ComfyUI: compared as is
+        s += f" nodes={d.get('nodes')}"  # prompt order in ComfyUI: compared as is
     elif t == "execution_error":
         ci = d.get("current_inputs")
-        s += (f" node_id={d.get('node_id')} node_type={d.get('node_type')}"
-              f" exception_type={d.get('exception_type')} message={d.get('exception_message')!r}"
-              f" executed={sorted(d.get('executed') or [])}"
-              f" traceback={type_tag(d.get('traceback'))}"
-              f" current_inputs={_keys(ci) if isinstance(ci, dict) else type_tag(ci)}"
-              f" current_outputs={sorted(d.get('current_outputs') or [])}")
+        s += (
+            f" node_id={d.get('node_id')} node_type={d.get('node_type')}"
+            f" exception_type={d.get('exception_type')} message={d.get('exception_message')!r}"
+            f" executed={sorted(d.get('executed') or [])}"
+            f" traceback={type_tag(d.get('traceback'))}"
+            f" current_inputs={_keys(ci) if isinstance(ci, dict) else type_tag(ci)}"
+            f" current_outputs={sorted(d.get('current_outputs') or [])}"
+        )
     elif t == "execution_interrupted":
-        s += (f" node_id={d.get('node_id')} node_type={d.get('node_type')}"
-              f" executed={sorted(d.get('executed') or [])}")
+        s += f" node_id={d.get('node_id')} node_type={d.get('node_type')} executed={sorted(d.get('executed') or [])}"
     elif t == "feature_flags":
         s += f" data={_dump(d)}"
     return s
 
 
-def norm_socket(records: list[dict], label: str, *, statuses: str = "full",
-                window: tuple[int, int] | None = None, relabel: bool = False) -> list[str]:
+def norm_socket(
+    records: list[dict],
+    label: str,
+    *,
+    statuses: str = "full",
+    window: tuple[int, int] | None = None,
+    relabel: bool = False,
+) -> list[str]:
     """Normalised frames of one socket.
 
     statuses: ``"full"`` keeps ``status`` with ``queue_remaining``; ``"keys"`` keeps status
@@ -356,7 +393,7 @@ def norm_socket(records: list[dict], label: str, *, statuses: str = "full",
     ordinal = Ordinals(records)
     cid = next((r.get("client_id") for r in records if r["src"] == f"ws:{label}" and r.get("event") == "open"), None)
     out = []
-    if window is not None:       # replay execution_start counts before the window (reused prompt ids)
+    if window is not None:  # replay execution_start counts before the window (reused prompt ids)
         for rec in socket_frames(records, label, (0, window[0])):
             if "msg" in rec and rec["msg"].get("type") == "execution_start":
                 ordinal.seen_start(rec["msg"]["data"].get("prompt_id"))
@@ -370,18 +407,21 @@ def norm_socket(records: list[dict], label: str, *, statuses: str = "full",
 
         def sub(m: re.Match) -> str:
             return seen.setdefault(m.group(0), f"q#{len(seen)}")
+
         out = [re.sub(r"p#\d+", sub, x) for x in out]
     return out
 
 
 def status_messages(records: list[dict], label: str, *, values: bool = True) -> list[str]:
-    return [x for x in norm_socket(records, label, statuses="full" if values else "keys")
-            if x.startswith("status{")]
+    return [x for x in norm_socket(records, label, statuses="full" if values else "keys") if x.startswith("status{")]
 
 
 def queue_counts(records: list[dict], label: str) -> list[Any]:
-    return [r["msg"]["data"]["status"]["exec_info"]["queue_remaining"] for r in socket_frames(records, label)
-            if "msg" in r and r["msg"].get("type") == "status"]
+    return [
+        r["msg"]["data"]["status"]["exec_info"]["queue_remaining"]
+        for r in socket_frames(records, label)
+        if "msg" in r and r["msg"].get("type") == "status"
+    ]
 
 
 def prompt_order(records: list[dict], label: str) -> list[str]:
@@ -415,7 +455,7 @@ def terminal_then_status_then_done(norm: list[str]) -> list[str]:
         if s.startswith(("execution_success{", "execution_error{", "execution_interrupted{")):
             pid = s.split(" ")[1]
             between = []
-            for s2 in norm[i + 1:]:
+            for s2 in norm[i + 1 :]:
                 if s2.startswith("executing{") and " node=None" in s2 and f" {pid} " in s2 + " ":
                     break
                 between.append(s2.split("{")[0])
@@ -431,6 +471,7 @@ def terminal_then_status_then_done(norm: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- HTTP
+
 
 def number_shape(n: Any, base: int) -> str:
     """A POST /prompt ``number`` relative to the scenario's first counter value ``base``.
@@ -453,8 +494,7 @@ def path_shape(path: str) -> str:
     return path
 
 
-def norm_http(rec: dict, *, ignore: Iterable[str] = (), with_body: bool | None = None,
-              body: str = "mask") -> tuple:
+def norm_http(rec: dict, *, ignore: Iterable[str] = (), with_body: bool | None = None, body: str = "mask") -> tuple:
     """(method, path shape, request shape, status, content type, disposition?, body).
 
     ``with_body=None`` compares the body only if the record carries one (the recorder did not
@@ -474,7 +514,7 @@ def norm_http(rec: dict, *, ignore: Iterable[str] = (), with_body: bool | None =
         if "body" in rec:
             if body == "shape":
                 b = shape(rec["body"])
-            elif body == "entries":          # {id: entry}: ids dropped, entries masked
+            elif body == "entries":  # {id: entry}: ids dropped, entries masked
                 b = mask(list(rec["body"].values()), ignore)
             else:
                 b = mask(rec["body"], ignore)
@@ -484,17 +524,29 @@ def norm_http(rec: dict, *, ignore: Iterable[str] = (), with_body: bool | None =
             b = ("empty", rec.get("body_len", 0))
     elif rec.get("body_len") == 0 or (not has_body and headers.get("Content-Length") == "0"):
         b = ("empty", 0)
-    return (rec["method"], path_shape(rec["path"]), _dump(req_shape), rec["status"], ct, disp,
-            b if isinstance(b, (str, tuple)) else _dump(b))
+    return (
+        rec["method"],
+        path_shape(rec["path"]),
+        _dump(req_shape),
+        rec["status"],
+        ct,
+        disp,
+        b if isinstance(b, (str, tuple)) else _dump(b),
+    )
 
 
 def http_records(records: Iterable[dict]) -> list[dict]:
     return [r for r in records if r["src"] == "http"]
 
 
-def compare_http(expected: list[dict], actual: list[dict], *, ignore: Iterable[str] = (),
-                 ignore_at: dict[int, Iterable[str]] | None = None,
-                 body_mode: dict[int, str] | None = None) -> tuple[list, list]:
+def compare_http(
+    expected: list[dict],
+    actual: list[dict],
+    *,
+    ignore: Iterable[str] = (),
+    ignore_at: dict[int, Iterable[str]] | None = None,
+    body_mode: dict[int, str] | None = None,
+) -> tuple[list, list]:
     """Normalise two HTTP exchange lists pairwise (body compared where the trace has one).
 
     ``ignore``: extra keys compared by type only, everywhere; ``ignore_at``/``body_mode``:
@@ -509,15 +561,18 @@ def compare_http(expected: list[dict], actual: list[dict], *, ignore: Iterable[s
         exp.append(norm_http(sanitize(e), ignore=ig, with_body=has, body=body_mode.get(i, "mask")))
         if i < len(actual):
             act.append(norm_http(sanitize(actual[i]), ignore=ig, with_body=has, body=body_mode.get(i, "mask")))
-    for a in actual[len(expected):]:
+    for a in actual[len(expected) :]:
         act.append(norm_http(a))
     return exp, act
 
 
 def post_numbers(records: Iterable[dict]) -> list[str]:
     """``number`` of every successful POST /prompt, relative to the scenario's first one."""
-    nums = [r["body"]["number"] for r in http_records(records)
-            if r["method"] == "POST" and r["path"] in ("/prompt", "/api/prompt") and r["status"] == 200]
+    nums = [
+        r["body"]["number"]
+        for r in http_records(records)
+        if r["method"] == "POST" and r["path"] in ("/prompt", "/api/prompt") and r["status"] == 200
+    ]
     base = next((n for n in nums if isinstance(n, int) and n >= 0), 0)
     return [number_shape(n, base) for n in nums]
 
@@ -552,8 +607,8 @@ def assert_same(actual: list, expected: list, what: str = "") -> None:
     if actual == expected:
         return
     import difflib
-    diff = "\n".join(difflib.unified_diff(_lines(expected), _lines(actual), "trace", "simulator",
-                                          lineterm="", n=2))
+
+    diff = "\n".join(difflib.unified_diff(_lines(expected), _lines(actual), "trace", "simulator", lineterm="", n=2))
     raise AssertionError(f"{what}: simulator deviates from the trace\n{diff}")
 
 
@@ -569,9 +624,13 @@ def swap_node_runs(records: list[dict], label: str, prompt_id: str, first: str, 
     nodes in the order they started).
     """
     import copy
+
     recs = copy.deepcopy(records)
-    idx = [i for i, r in enumerate(recs) if r["src"] == f"ws:{label}" and "event" not in r
-           and ("msg" in r or r.get("binary"))]
+    idx = [
+        i
+        for i, r in enumerate(recs)
+        if r["src"] == f"ws:{label}" and "event" not in r and ("msg" in r or r.get("binary"))
+    ]
 
     def ps(i: int) -> dict | None:
         m = recs[i].get("msg") or {}
@@ -581,31 +640,36 @@ def swap_node_runs(records: list[dict], label: str, prompt_id: str, first: str, 
 
     def run(node: str) -> tuple[int, int]:
         lo = next(k for k, i in enumerate(idx) if ps(i) is not None and ps(i).get(node, {}).get("state") == "running")
-        hi = next(k for k, i in enumerate(idx) if k > lo and ps(i) is not None
-                  and ps(i).get(node, {}).get("state") == "finished")
+        hi = next(
+            k
+            for k, i in enumerate(idx)
+            if k > lo and ps(i) is not None and ps(i).get(node, {}).get("state") == "finished"
+        )
         return lo, hi
 
     (a0, a1), (b0, b1) = run(first), run(second)
     assert a1 + 1 == b0, "runs are not contiguous"
     final_first = copy.deepcopy(ps(idx[a1])[first])
     final_second = copy.deepcopy(ps(idx[b1])[second])
-    old = [recs[i] for i in idx[a0:b1 + 1]]
-    new = old[b0 - a0:] + old[:b0 - a0]
-    for k, i in enumerate(idx[a0:b1 + 1]):
+    old = [recs[i] for i in idx[a0 : b1 + 1]]
+    new = old[b0 - a0 :] + old[: b0 - a0]
+    for k, i in enumerate(idx[a0 : b1 + 1]):
         recs[i] = new[k]
     n_second = b1 - b0 + 1
     for k, i in enumerate(idx[a0:]):
         m = recs[i].get("msg") or {}
-        if (m.get("type") in ("execution_success", "execution_error", "execution_interrupted")
-                and m["data"].get("prompt_id") == prompt_id):
-            break                                          # end of this run of the prompt id
+        if (
+            m.get("type") in ("execution_success", "execution_error", "execution_interrupted")
+            and m["data"].get("prompt_id") == prompt_id
+        ):
+            break  # end of this run of the prompt id
         nodes = ps(i)
         if nodes is None:
             continue
         rest = {n: e for n, e in nodes.items() if n not in (first, second)}
-        if k < n_second:                                   # second runs, first not started
+        if k < n_second:  # second runs, first not started
             rest[second] = nodes[second]
-        elif k < b1 - a0 + 1:                              # first runs after second finished
+        elif k < b1 - a0 + 1:  # first runs after second finished
             rest[second] = copy.deepcopy(final_second)
             rest[first] = nodes[first]
         else:

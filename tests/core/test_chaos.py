@@ -48,8 +48,13 @@ def test_chaos():
         "http_errors": {"*": 0.02},
     }
     session = Session.simulated(
-        seed=SEED, faults=faults, node_times={"KSampler": 0.002},
-        reconcile_after=0.3, backoff=0.05, retries=4, max_attempts=3,
+        seed=SEED,
+        faults=faults,
+        node_times={"KSampler": 0.002},
+        reconcile_after=0.3,
+        backoff=0.05,
+        retries=4,
+        max_attempts=3,
         timeout=Timeouts(connect=2.0, read=5.0, total=10.0, ws_heartbeat=0.5),
     )
     started = time.monotonic()

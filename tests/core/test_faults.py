@@ -148,7 +148,7 @@ def test_restart_without_resubmit_marks_jobs_lost(make_session):
     jobs = [session.submit(txt2img(seed)) for seed in range(5)]
     wait_until(lambda: jobs[1].status == "running")
     session.simulator.restart(downtime=0.1)
-    for job in as_completed(jobs, timeout=WAIT):
+    for _job in as_completed(jobs, timeout=WAIT):
         pass
     assert jobs[0].status == "success"
     lost = [j for j in jobs if j.status == "lost"]
@@ -158,8 +158,12 @@ def test_restart_without_resubmit_marks_jobs_lost(make_session):
 
 
 def test_without_jobs_api_queue_and_history_are_used(make_session):
-    session = make_session(jobs_api=False, faults={"lost_responses": {"/prompt": 0.4}, "empty_history": 1},
-                           node_times={"KSampler": 0.05}, seed=8)
+    session = make_session(
+        jobs_api=False,
+        faults={"lost_responses": {"/prompt": 0.4}, "empty_history": 1},
+        node_times={"KSampler": 0.05},
+        seed=8,
+    )
     jobs = [session.submit(txt2img(seed)) for seed in range(6)]
     wait_until(lambda: jobs[1].status == "running")
     session.simulator.restart(downtime=0.1)

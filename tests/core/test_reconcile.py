@@ -48,15 +48,15 @@ async def test_queued_jobs_behind_a_long_prompt_stay_queued(make_session, caplog
 
 def test_queue_shrink_without_completion_reconciles(make_session):
     """Final message and outcome both lost; silence is far off: the shrinking queue is the clue."""
-    session = make_session(reconcile_after=60.0,
-                           faults={"drop": {"executing_done": 1.0, "execution_success": 1.0}})
+    session = make_session(reconcile_after=60.0, faults={"drop": {"executing_done": 1.0, "execution_success": 1.0}})
     run_all(session, range(5))
 
 
 def test_reconnect_reconciles_all_unfinished_jobs(make_session, caplog):
     caplog.set_level(logging.INFO, logger="comfynb.session")
-    session = make_session(reconcile_after=60.0, timeout=QUIET, node_times={"KSampler": 0.1},
-                           faults={"drop": {"executing_done": 1.0}})
+    session = make_session(
+        reconcile_after=60.0, timeout=QUIET, node_times={"KSampler": 0.1}, faults={"drop": {"executing_done": 1.0}}
+    )
     jobs = [session.submit(txt2img(seed)) for seed in range(4)]
     wait_until(lambda: jobs[0].status == "running")
     session.simulator.drop_sockets()
@@ -103,8 +103,10 @@ async def test_jobs_that_hear_nothing_end_although_other_clients_keep_the_socket
     """Every message of our prompts is lost, yet the socket never falls silent: another client's
     prompts keep `status` broadcasts coming. Our jobs still end, from the server's record."""
     session = make_session(faults={"drop": {"*": 1.0}})
-    other = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    other = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
     stop = asyncio.Event()
 
     async def other_client():

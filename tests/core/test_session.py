@@ -77,7 +77,7 @@ def test_fully_cached_run_completes_with_cached_outputs(make_session):
     second = second_job.result(WAIT)
     assert second_job.status == "success"
     assert [i.filename for i in second.images] == [i.filename for i in first.images]
-    cached = [m for m in second.history["status"]["messages"] if m[0] == "execution_cached"][0][1]
+    cached = next(m for m in second.history["status"]["messages"] if m[0] == "execution_cached")[1]
     assert len(cached["nodes"]) == 7
 
 
@@ -159,15 +159,14 @@ def test_events_ring_buffer_is_bounded(make_session):
     for seed in range(3):
         session.submit(txt2img(seed)).result(WAIT)
     assert len(session.events) == 20
-    at, server, event = session.events[-1]
+    _at, server, event = session.events[-1]
     assert server == session.simulator.url and event.type == "executing"
 
 
 def test_credentials_never_shown(make_session, caplog):
     caplog.set_level(logging.DEBUG, logger="comfynb")
     token, key = "s3cr3t-t0ken-value", "api-key-v4lue"
-    session = make_session(token=token, headers={"X-Api-Key": key},
-                           faults={"http_errors": {"/prompt": 0.5}}, seed=3)
+    session = make_session(token=token, headers={"X-Api-Key": key}, faults={"http_errors": {"/prompt": 0.5}}, seed=3)
     jobs = [session.submit(txt2img(seed)) for seed in range(4)]
     for job in jobs:
         job.result(WAIT)
@@ -333,7 +332,7 @@ def test_closing_while_submitting_and_completing_ends_every_job_and_leaves_nothi
         session = Session.simulated(**FAST)
         returned: list = []
 
-        def hammer(workflow):
+        def hammer(workflow, session=session, returned=returned):
             while True:
                 try:
                     returned.append(session.submit(workflow))

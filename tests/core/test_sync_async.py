@@ -26,7 +26,8 @@ async def test_inside_a_running_loop():
 def test_with_nest_asyncio_applied():
     here = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent.parent), str(here)])}
-    done = subprocess.run([sys.executable, str(here / "scenario.py")], env=env, capture_output=True,
-                          text=True, timeout=90)
+    done = subprocess.run(
+        [sys.executable, str(here / "scenario.py")], env=env, capture_output=True, text=True, timeout=90
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "nest_asyncio scenario ok" in done.stdout

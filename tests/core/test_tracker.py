@@ -50,8 +50,15 @@ def test_completion_only_on_final_executing_with_our_prompt_id():
 def test_execution_blocked_is_not_terminal():
     tracker, state, completed = tracker_with_job()
     tracker.feed(frame("execution_start", prompt_id=OURS))
-    tracker.feed(frame("execution_error", prompt_id=OURS, node_id="2", exception_type="ExecutionBlocked",
-                       exception_message="Execution Blocked: ..."))
+    tracker.feed(
+        frame(
+            "execution_error",
+            prompt_id=OURS,
+            node_id="2",
+            exception_type="ExecutionBlocked",
+            exception_message="Execution Blocked: ...",
+        )
+    )
     assert state.outcome is None and not completed
     tracker.feed(frame("executed", prompt_id=OURS, node="3", output={"images": [{"filename": "a.png"}]}))
     tracker.feed(frame("execution_success", prompt_id=OURS))

@@ -1,11 +1,13 @@
 """Plain-aiohttp client helpers and fixtures for the simulator server tests (no comfynb client code)."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 import struct
 import uuid
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest_asyncio
@@ -16,16 +18,24 @@ WAIT = 5.0
 
 
 def tiny(color: int = 0, prefix: str = "tiny") -> dict:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+    }
 
 
 def chain(color: int = 0, blurs: int = 3) -> dict:
     """EmptyImage -> ImageBlur x blurs -> SaveImage (node ids "1".."blurs+2")."""
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}}}
     for i in range(2, blurs + 2):
-        prompt[str(i)] = {"class_type": "ImageBlur", "inputs": {"image": [str(i - 1), 0], "blur_radius": 1, "sigma": 1.0}}
-    prompt[str(blurs + 2)] = {"class_type": "SaveImage", "inputs": {"images": [str(blurs + 1), 0], "filename_prefix": "chain"}}
+        prompt[str(i)] = {
+            "class_type": "ImageBlur",
+            "inputs": {"image": [str(i - 1), 0], "blur_radius": 1, "sigma": 1.0},
+        }
+    prompt[str(blurs + 2)] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [str(blurs + 1), 0], "filename_prefix": "chain"},
+    }
     return prompt
 
 
@@ -35,9 +45,21 @@ def ksampler(seed: int = 1, steps: int = 3) -> dict:
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ks"}},
     }
@@ -45,15 +67,19 @@ def ksampler(seed: int = 1, steps: int = 3) -> dict:
 
 def runtime_error(color: int = 0) -> dict:
     """ImageToMask(alpha) on an RGB image: passes validation, fails at node "2" (trace e)."""
-    return {"1": tiny(color)["1"],
-            "2": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "alpha"}},
-            "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
-            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "never"}}}
+    return {
+        "1": tiny(color)["1"],
+        "2": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "alpha"}},
+        "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "never"}},
+    }
 
 
 def ws_image(color: int = 0) -> dict:
-    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": color}},
-            "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}}
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": color}},
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
 
 
 class Socket:
@@ -77,7 +103,7 @@ class Socket:
                     frame: dict[str, Any] = {"binary": event, "payload": m.data}
                     if event == 4:
                         (n,) = struct.unpack(">I", m.data[4:8])
-                        frame["metadata"] = json.loads(m.data[8:8 + n])
+                        frame["metadata"] = json.loads(m.data[8 : 8 + n])
                     self.frames.append(frame)
                 self._changed.set()
         finally:
@@ -108,22 +134,28 @@ class Socket:
                     raise AssertionError(f"socket closed; got {self.types()}")
                 self._changed.clear()
                 await self._changed.wait()
+
         try:
             return await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"timed out; got {self.types()}") from None
 
     async def wait_done(self, prompt_id: str, timeout: float = WAIT) -> dict:
-        return await self.wait_for(lambda f: f.get("type") == "executing" and f["data"]["node"] is None
-                                   and f["data"].get("prompt_id") == prompt_id, timeout)
+        return await self.wait_for(
+            lambda f: (
+                f.get("type") == "executing" and f["data"]["node"] is None and f["data"].get("prompt_id") == prompt_id
+            ),
+            timeout,
+        )
 
     async def close(self) -> None:
         await self.ws.close()
         await self._task
 
 
-async def connect(http: aiohttp.ClientSession, url: str, client_id: str | None = None,
-                  feature_flags: bool = False, **kwargs: Any) -> Socket:
+async def connect(
+    http: aiohttp.ClientSession, url: str, client_id: str | None = None, feature_flags: bool = False, **kwargs: Any
+) -> Socket:
     client_id = client_id or uuid.uuid4().hex[:8]
     ws = await http.ws_connect(f"{url}/ws?clientId={client_id}", max_msg_size=0, **kwargs)
     if feature_flags:
@@ -135,8 +167,9 @@ async def connect(http: aiohttp.ClientSession, url: str, client_id: str | None =
     return sock
 
 
-async def post(http: aiohttp.ClientSession, url: str, prompt: dict | None, client_id: str | None = None,
-               **fields: Any) -> tuple[int, Any]:
+async def post(
+    http: aiohttp.ClientSession, url: str, prompt: dict | None, client_id: str | None = None, **fields: Any
+) -> tuple[int, Any]:
     body: dict[str, Any] = dict(fields)
     if prompt is not None:
         body["prompt"] = prompt

@@ -1,4 +1,5 @@
 """Each fault knob of the simulator, observed from a plain aiohttp client."""
+
 import asyncio
 import time
 
@@ -7,7 +8,7 @@ import pytest
 
 from comfynb.sim import Faults, Simulator
 
-from .server_helpers import chain, connect, get, http, post, run, tiny  # noqa: F401
+from .server_helpers import chain, connect, get, post, run, tiny
 
 
 async def test_close_every_closes_all_sockets_periodically_until_switched_off(http):
@@ -47,7 +48,7 @@ async def test_drop_final_executing_and_by_type(http):
         a.frames.clear()
         _, body = await post(http, sim.url, tiny(4), a.client_id)
         await asyncio.sleep(0.1)
-        assert set(a.types()) == {"status"}                    # broadcasts are not targeted messages
+        assert set(a.types()) == {"status"}  # broadcasts are not targeted messages
         assert sim.faults.counts["drop"] >= 10
 
 
@@ -59,8 +60,11 @@ async def _dropped_pattern(http, seed: int) -> list[str]:
 
 
 async def test_faults_are_deterministic_from_the_seed(http):
-    first, again, other = (await _dropped_pattern(http, 7), await _dropped_pattern(http, 7),
-                           await _dropped_pattern(http, 8))
+    first, again, other = (
+        await _dropped_pattern(http, 7),
+        await _dropped_pattern(http, 7),
+        await _dropped_pattern(http, 8),
+    )
     assert first == again and first != other
 
 
@@ -69,11 +73,11 @@ async def test_stall_after_silences_the_first_socket_once(http):
         a = await connect(http, sim.url, heartbeat=0.2)
         await post(http, sim.url, tiny(6), a.client_id)
         await asyncio.sleep(0.1)
-        b = await connect(http, sim.url)                   # the fault fires once: b is served
+        b = await connect(http, sim.url)  # the fault fires once: b is served
         pid = await run(http, sim.url, b, tiny(7))
         assert a.types() == ["status", "status"]
         assert sim.faults.counts["stall"] == 1 and pid
-        await asyncio.wait_for(a.closed.wait(), 2)          # no pong: the client's heartbeat gives up
+        await asyncio.wait_for(a.closed.wait(), 2)  # no pong: the client's heartbeat gives up
         assert not b.closed.is_set()
 
 
@@ -82,9 +86,14 @@ async def test_stall_method_targets_one_client(http):
         a, b = await connect(http, sim.url), await connect(http, sim.url)
         sim.stall(a.client_id)
         await run(http, sim.url, b, tiny(8))
-        _, body = await post(http, sim.url, tiny(9), a.client_id)
-        await b.wait_for(lambda f: f.get("type") == "status" and f["data"]["status"]["exec_info"]["queue_remaining"] == 0
-                         and len(b.of("status")) >= 7)
+        _, _body = await post(http, sim.url, tiny(9), a.client_id)
+        await b.wait_for(
+            lambda f: (
+                f.get("type") == "status"
+                and f["data"]["status"]["exec_info"]["queue_remaining"] == 0
+                and len(b.of("status")) >= 7
+            )
+        )
         assert a.types() == ["status"] and not a.closed.is_set()
 
 
@@ -96,7 +105,7 @@ async def test_empty_history_for_the_first_reads(http):
         assert reads[0] == reads[1] == {} and pid in reads[2]
         assert sim.faults.counts["empty_history"] == 2
         assert (await get(http, sim.url, "/history/unknown"))[1] == {}
-        assert sim.faults.counts["empty_history"] == 2      # unknown ids are not counted
+        assert sim.faults.counts["empty_history"] == 2  # unknown ids are not counted
 
 
 async def test_http_errors_per_route_and_everywhere(http):
@@ -105,7 +114,7 @@ async def test_http_errors_per_route_and_everywhere(http):
             async with http.post(sim.url + path, json={"prompt": tiny(11)}) as r:
                 assert r.status == 500 and r.content_type == "text/plain"
         assert (await get(http, sim.url, "/queue"))[0] == 200
-        assert (await get(http, sim.url, "/queue"))[1]["queue_pending"] == []      # never handled
+        assert (await get(http, sim.url, "/queue"))[1]["queue_pending"] == []  # never handled
         sim.faults.update(http_errors={"*": 1.0})
         assert (await get(http, sim.url, "/system_stats"))[0] == 500
         sim.faults.update(http_errors={"/history": 0.5})
@@ -148,7 +157,7 @@ async def test_restart_forgets_state_keeps_files_and_refuses_connections_meanwhi
         await asyncio.sleep(0.1)
         with pytest.raises(aiohttp.ClientConnectionError):
             await get(http, sim.url, "/queue")
-        await restarting                                   # from another thread: returns once back up
+        await restarting  # from another thread: returns once back up
         assert (await get(http, sim.url, "/queue"))[1] == {"queue_running": [], "queue_pending": []}
         assert (await get(http, sim.url, f"/history/{done}"))[1] == {}
         assert sorted(p.name for p in (sim.root / "output").iterdir()) == outputs

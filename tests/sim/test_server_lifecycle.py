@@ -1,4 +1,5 @@
 """Starting and stopping the simulator from async and sync code, and its time settings."""
+
 import asyncio
 import gc
 import threading
@@ -9,7 +10,7 @@ import aiohttp
 
 from comfynb.sim import Simulator
 
-from .server_helpers import connect, get, http, ksampler, run, tiny  # noqa: F401
+from .server_helpers import connect, get, ksampler, run, tiny
 
 
 async def test_stop_is_clean_with_open_sockets_and_running_work(http):
@@ -25,7 +26,7 @@ async def test_stop_is_clean_with_open_sockets_and_running_work(http):
         gc.collect()
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     assert [w for w in caught if issubclass(w.category, (ResourceWarning, RuntimeWarning))] == []
-    assert not root.exists()                           # its own temporary folder is removed
+    assert not root.exists()  # its own temporary folder is removed
 
 
 async def test_given_root_is_kept(tmp_path, http):
@@ -33,7 +34,7 @@ async def test_given_root_is_kept(tmp_path, http):
         a = await connect(http, sim.url)
         await run(http, sim.url, a, tiny(2))
     assert (tmp_path / "output" / "tiny_00001_.png").is_file()
-    async with Simulator(root=tmp_path) as sim:         # ComfyUI's counter continues after a restart
+    async with Simulator(root=tmp_path) as sim:  # ComfyUI's counter continues after a restart
         a = await connect(http, sim.url)
         await run(http, sim.url, a, tiny(3))
         assert a.of("executed")[0]["output"]["images"][0]["filename"] == "tiny_00002_.png"
@@ -48,9 +49,10 @@ def test_running_from_sync_code_on_its_own_thread():
                 a = await connect(http, sim.url)
                 pid = await run(http, sim.url, a, tiny(4))
                 return await get(http, sim.url, f"/history/{pid}")
+
         status, history = asyncio.run(client())
         assert status == 200 and len(history) == 1
-        sim.restart()                                   # from a foreign thread: returns when back up
+        sim.restart()  # from a foreign thread: returns when back up
         assert asyncio.run(_history(sim.url)) == {}
     assert not any(t.name == "comfynb-sim" for t in threading.enumerate())
 
@@ -71,7 +73,7 @@ async def test_node_and_step_times(http):
         start = time.perf_counter()
         await run(http, sim.url, a, ksampler(1, steps=5))
         assert 0.15 <= time.perf_counter() - start < 1.0
-    async with Simulator() as sim:                      # zero times: no sleeping at all
+    async with Simulator() as sim:  # zero times: no sleeping at all
         a = await connect(http, sim.url)
         start = time.perf_counter()
         for i in range(20):
@@ -87,14 +89,22 @@ def test_its_own_folder_goes_at_exit_even_if_never_stopped(tmp_path):
     import sys
     from pathlib import Path
 
-    script = ("import comfynb as cn\n"
-              "from comfynb.sim.library import load_workflow\n"
-              "session = cn.Session.simulated(progress=False)\n"
-              "session.submit(load_workflow('default_txt2img')).result(30)\n"
-              "print(session.simulator.root, flush=True)\n")
+    script = (
+        "import comfynb as cn\n"
+        "from comfynb.sim.library import load_workflow\n"
+        "session = cn.Session.simulated(progress=False)\n"
+        "session.submit(load_workflow('default_txt2img')).result(30)\n"
+        "print(session.simulator.root, flush=True)\n"
+    )
     repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=repo,
-                          env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(repo)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+        env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(repo)},
+    )
     assert done.returncode == 0, done.stderr
     root = Path(done.stdout.strip())
     assert root.parent == tmp_path and root.name.startswith("comfynb-sim-")

@@ -47,8 +47,21 @@ def test_exception_tracebacks_are_lists_of_frames():
     assert tb and all(isinstance(line, str) and line.startswith("  File ") for line in tb)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_chain", "slow", "batch", "multi_output", "preview", "ws_image",
-                                  "runtime_error", "ksampler_random", "default_txt2img"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny",
+        "tiny_chain",
+        "slow",
+        "batch",
+        "multi_output",
+        "preview",
+        "ws_image",
+        "runtime_error",
+        "ksampler_random",
+        "default_txt2img",
+    ],
+)
 def test_runnable_workflows_validate(name):
     prompt = load_workflow(name)
     valid, got, outputs = body(prompt)
@@ -65,21 +78,33 @@ def test_default_graph_with_every_listed_checkpoint():
         assert body(prompt, nodes=nodes)[0]
     valid, got, _ = body(load_workflow("default_txt2img"), nodes=nodes)
     assert not valid and got["node_errors"]["4"]["errors"][0]["details"] == (
-        "ckpt_name: 'v1-5-pruned-emaonly-fp16.safetensors' not in ['my_model.safetensors', 'other.ckpt']")
+        "ckpt_name: 'v1-5-pruned-emaonly-fp16.safetensors' not in ['my_model.safetensors', 'other.ckpt']"
+    )
 
 
 def test_partial_failure_is_valid_with_node_errors():
     prompt = load_workflow("multi_output")
-    prompt["4"]["inputs"]["filename_prefix"] = ["9"]        # bad link: length 1
+    prompt["4"]["inputs"]["filename_prefix"] = ["9"]  # bad link: length 1
     valid, got, outputs = body(prompt)
     assert valid and sorted(outputs) == ["3", "5"]
-    assert got["node_errors"] == {"4": {"errors": [{
-        "type": "bad_linked_input",
-        "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-        "details": "filename_prefix",
-        "extra_info": {"input_name": "filename_prefix",
-                       "input_config": NODES["SaveImage"].info["input"]["required"]["filename_prefix"],
-                       "received_value": ["9"]}}], "dependent_outputs": ["4"], "class_type": "SaveImage"}}
+    assert got["node_errors"] == {
+        "4": {
+            "errors": [
+                {
+                    "type": "bad_linked_input",
+                    "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                    "details": "filename_prefix",
+                    "extra_info": {
+                        "input_name": "filename_prefix",
+                        "input_config": NODES["SaveImage"].info["input"]["required"]["filename_prefix"],
+                        "received_value": ["9"],
+                    },
+                }
+            ],
+            "dependent_outputs": ["4"],
+            "class_type": "SaveImage",
+        }
+    }
 
 
 def test_only_nodes_with_their_own_errors_are_listed():
@@ -89,11 +114,18 @@ def test_only_nodes_with_their_own_errors_are_listed():
     assert not valid and list(got["node_errors"]) == ["1"]
     assert got["node_errors"]["1"]["dependent_outputs"] == ["5"]
     assert got["error"]["details"] == ""
-    assert got["node_errors"]["1"]["errors"] == [{
-        "type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1", "details": "width",
-        "extra_info": {"input_name": "width",
-                       "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
-                       "received_value": 0}}]
+    assert got["node_errors"]["1"]["errors"] == [
+        {
+            "type": "value_smaller_than_min",
+            "message": "Value 0 smaller than min of 1",
+            "details": "width",
+            "extra_info": {
+                "input_name": "width",
+                "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
+                "received_value": 0,
+            },
+        }
+    ]
 
 
 def test_dependent_outputs_follow_comfyui_order():
@@ -132,7 +164,9 @@ def test_v3_combo_values_are_checked():
     prompt["2"]["inputs"]["channel"] = "purple"
     _, got, _ = body(prompt)
     assert got["node_errors"]["2"]["errors"][0]["extra_info"]["input_config"] == [
-        "COMBO", {"options": ["red", "green", "blue", "alpha"]}]
+        "COMBO",
+        {"options": ["red", "green", "blue", "alpha"]},
+    ]
 
 
 def test_literals_are_converted_in_place_like_comfyui():
@@ -162,8 +196,10 @@ def test_cycles_fail_as_exceptions_during_validation():
     assert error["extra_info"]["exception_type"] == "RecursionError"
     assert error["details"].startswith("maximum recursion depth exceeded")
     assert got["error"]["details"] == f"Exception when validating node: {error['details']}"
-    self_loop = {"1": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    self_loop = {
+        "1": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
     error = body(self_loop)[1]["node_errors"]["2"]["errors"][0]
     assert error["details"] == "maximum recursion depth exceeded (cycle 1 -> 1)"
 
@@ -176,7 +212,10 @@ def test_dangling_link_below_an_output_is_an_inner_exception():
     assert not valid and list(got["node_errors"]) == ["2"]
     error = got["node_errors"]["2"]["errors"][0]
     assert (error["type"], error["message"], error["details"]) == (
-        "exception_during_inner_validation", "Exception when validating inner node", "'42'")
+        "exception_during_inner_validation",
+        "Exception when validating inner node",
+        "'42'",
+    )
     assert error["extra_info"]["linked_node"] == ["2", 0] and error["extra_info"]["exception_type"] == "KeyError"
     # a bad output slot is an exception too (tuple index)
     prompt = load_workflow("tiny")
@@ -186,13 +225,24 @@ def test_dangling_link_below_an_output_is_an_inner_exception():
 
 
 def test_missing_required_inputs_and_optional_ones():
-    prompt = {"1": {"class_type": "KSampler", "inputs": {"seed": 1}},
-              "2": {"class_type": "VAEDecode", "inputs": {"samples": ["1", 0]}},
-              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}}
+    prompt = {
+        "1": {"class_type": "KSampler", "inputs": {"seed": 1}},
+        "2": {"class_type": "VAEDecode", "inputs": {"samples": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}},
+    }
     valid, got, _ = body(prompt)
     assert not valid
     assert [e["details"] for e in got["node_errors"]["1"]["errors"]] == [
-        "model", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image", "denoise"]
+        "model",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "positive",
+        "negative",
+        "latent_image",
+        "denoise",
+    ]
     assert [e["details"] for e in got["node_errors"]["2"]["errors"]] == ["vae"]
     assert [e["details"] for e in got["node_errors"]["3"]["errors"]] == ["filename_prefix"]
     assert got["error"]["details"] == "Required input is missing: filename_prefix"
@@ -208,12 +258,19 @@ def test_partial_execution_targets():
 
 def test_load_image_custom_validation(tmp_path):
     nodes = default_nodes(input_dir=tmp_path)
-    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "missing.png"}},
-              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "missing.png"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
     valid, got, _ = body(prompt, nodes=nodes)
-    assert not valid and got["node_errors"]["1"]["errors"] == [{
-        "type": "custom_validation_failed", "message": "Custom validation failed for node",
-        "details": "image - Invalid image file: missing.png", "extra_info": {"input_name": "image"}}]
+    assert not valid and got["node_errors"]["1"]["errors"] == [
+        {
+            "type": "custom_validation_failed",
+            "message": "Custom validation failed for node",
+            "details": "image - Invalid image file: missing.png",
+            "extra_info": {"input_name": "image"},
+        }
+    ]
     (tmp_path / "missing.png").write_bytes(b"")
     assert body(prompt, nodes=nodes)[0]
     prompt["1"]["inputs"]["image"] = "../escape.png"

@@ -53,8 +53,9 @@ async def run_prompt(http, ws, base, prompt, client_id, extra_data=None):
 
 @pytest.fixture
 async def sim():
-    async with Simulator(checkpoints=["random_sd15_tiny.safetensors", "v1-5-pruned-emaonly-fp16.safetensors",
-                                      "my_own.safetensors"]) as sim:
+    async with Simulator(
+        checkpoints=["random_sd15_tiny.safetensors", "v1-5-pruned-emaonly-fp16.safetensors", "my_own.safetensors"]
+    ) as sim:
         yield sim
 
 
@@ -70,7 +71,7 @@ async def test_every_workflow_runs_unchanged(sim):
             assert history["status"]["status_str"] == "success"
             outputs = history["outputs"]
             assert {k: (len(v["images"]), v["images"][0]["type"]) for k, v in outputs.items()} == expected, name
-            for node_id, ui in outputs.items():
+            for _node_id, ui in outputs.items():
                 for image in ui["images"]:
                     async with http.get(f"{sim.url}/view", params=image) as resp:
                         assert resp.status == 200 and resp.content_type == "image/png"
@@ -96,13 +97,21 @@ async def test_runtime_error_and_rejected_workflows(sim):
         messages, _, history = await run_prompt(http, ws, sim.url, load_workflow("runtime_error"), client_id)
         error = next(m["data"] for m in messages if m["type"] == "execution_error")
         assert (error["node_id"], error["node_type"], error["exception_type"], error["exception_message"]) == (
-            "2", "ImageToMask", "IndexError", "index 3 is out of bounds for dimension 3 with size 3\n")
+            "2",
+            "ImageToMask",
+            "IndexError",
+            "index 3 is out of bounds for dimension 3 with size 3\n",
+        )
         assert error["current_inputs"]["image"][0].startswith("tensor([[[[0., 0., 0.],")
         assert history["status"]["status_str"] == "error" and history["outputs"] == {}
-        for name, kind in {"bad_validation": "prompt_outputs_failed_validation",
-                           "bad_node_type": "invalid_prompt", "no_outputs": "prompt_no_outputs"}.items():
-            async with http.post(f"{sim.url}/prompt", json={"prompt": load_workflow(name),
-                                                             "client_id": client_id}) as resp:
+        for name, kind in {
+            "bad_validation": "prompt_outputs_failed_validation",
+            "bad_node_type": "invalid_prompt",
+            "no_outputs": "prompt_no_outputs",
+        }.items():
+            async with http.post(
+                f"{sim.url}/prompt", json={"prompt": load_workflow(name), "client_id": client_id}
+            ) as resp:
                 assert resp.status == 400
                 assert (await resp.json())["error"]["type"] == kind
 
