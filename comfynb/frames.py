@@ -10,8 +10,6 @@ turned back into fetchable references by :meth:`comfynb.results.ImageRef.from_ur
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -42,8 +40,6 @@ COLUMNS = (
 _TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 _IMAGE_KEYS = ("images", "gifs")  # as in Result.images, in the same (node) order
 PAGE_SIZE = 256
-
-log = logging.getLogger(__name__)
 
 
 def image_url(server: str, item: Mapping[str, Any]) -> str:
@@ -255,48 +251,34 @@ def _merged(
     return frame.sort_values("index", kind="stable", ignore_index=True) if sort else frame
 
 
-async def _transports_history(transports: list, *, sort: bool, **query: Any) -> pd.DataFrame:
-    per_server = [[history_row(pid, entry, t.url) for pid, entry in await read_history(t, **query)] for t in transports]
-    return _merged(per_server, query.get("limit"), sort)
-
-
-async def _session_history(session, *, sort: bool, **query: Any) -> pd.DataFrame:
-    """Every server's history (those that are down are skipped, with a warning), recorded in the
-    session's journal (so ``resume`` knows what finished even after a restart wipes the server's
-    history). A prompt on two servers is attributed as the session's own job is."""
-    per_server = []
-    for server in session._servers:
-        if server.health != "up":
-            log.warning("history_frame: %s is down, its history is not included", server.url)
-            continue
-        items = await read_history(server.transport, **query)
-        rows = [history_row(pid, entry, server.url) for pid, entry in items]
-        if session.journal is not None and items:
-            session.journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
-        per_server.append(rows)
-    if not per_server:
-        raise session._servers[0].error
-    prefer = {job.prompt_id: job.server for job in session.jobs if job.done()}
-    return _merged(per_server, query.get("limit"), sort, prefer)
-
-
-async def _history(
-    source: Any, *, tag: str | None, sweep_id: str | None, limit: int | None, page_size: int
+async def collect_history(
+    transports: list[Transport],
+    *,
+    tag: str | None = None,
+    sweep_id: str | None = None,
+    limit: int | None = None,
+    page_size: int = PAGE_SIZE,
+    journal: Any = None,
+    prefer: Mapping[str, str | None] | None = None,
 ) -> pd.DataFrame:
-    query = {
-        "tag": tag,
-        "sweep_id": sweep_id,
-        "limit": limit,
-        "page_size": page_size,
-        "sort": sweep_id is not None,
-    }  # a sweep's rows in index order, like its own frame
-    if hasattr(source, "_servers"):  # a Session (not imported: sessions sit above frames)
-        await asyncio.wrap_future(source._started)
-        return await _session_history(source, **query)
+    """The frame of several servers' histories, recorded in ``journal`` if given (so ``resume``
+    knows what finished even after a restart wipes a server's history); a prompt found on two
+    servers gives one row, attributed as ``prefer`` (prompt_id -> URL) says."""
+    per_server = []
+    for transport in transports:
+        items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
+        rows = [history_row(pid, entry, transport.url) for pid, entry in items]
+        if journal is not None and items:
+            journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
+        per_server.append(rows)
+    return _merged(per_server, limit, sweep_id is not None, prefer)  # a sweep's rows in index order
+
+
+async def _history(source: Any, **query: Any) -> pd.DataFrame:
     sources = [source] if isinstance(source, (str, Transport)) else list(source)
     transports = [Transport(s) if isinstance(s, str) else s for s in sources]
     try:
-        return await _transports_history(transports, **query)
+        return await collect_history(transports, **query)
     finally:
         for made, transport in zip(sources, transports):
             if isinstance(made, str):
@@ -313,8 +295,8 @@ def history_frame(
 ) -> pd.DataFrame:
     """The results frame rebuilt from a server's history alone, e.g. in a new process after a crash.
 
-    ``source`` is a Session, a Transport, a server URL, or a list of them (merged: one row per
-    prompt_id, a success first, should failover have left it on two). ``tag``/``sweep_id`` select tagged prompts
+    ``source`` is a Transport, a server URL, or a list of them (merged: one row per prompt_id, a
+    success first, should failover have left it on two); ``Session.history_frame`` reads its servers. ``tag``/``sweep_id`` select tagged prompts
     (all prompts otherwise, foreign ones included); ``limit`` keeps the newest matches. The
     history is read ``page_size`` entries at a time, never whole.
     """

@@ -3,12 +3,29 @@
 A :class:`Job` is awaitable from any event loop and blocks in :meth:`Job.result` from plain code,
 because its outcome is a ``concurrent.futures.Future`` resolved on comfynb's private loop. Its
 attributes are read from the prompt's state, which only the private loop writes.
+
+Who decides a job's fate
+    Exactly one owner settles a job: the session's :class:`~comfynb.pool.Pool`, on the private
+    loop, through ``Pool._settle`` (which calls ``PromptState.settle`` once; later calls are
+    ignored). The pool settles when
+
+    - a server holding the job reports how it ended (its history, or, when the server is gone,
+      the ending our socket witnessed in full) — reports from a server the job moved away from
+      are ignored;
+    - a server forgot the job and it may not be sent again (``lost``), or it was cancelled;
+    - no server can take it (capabilities, every server down for ``give_up_after``), or its
+      server stayed down that long (``lost``);
+    - the user cancels a job no server holds, or closes the session (``cancelled``).
+
+    Servers report facts (:class:`comfynb.server.Listener`); the session asks the pool
+    (``cancel``, ``drop``, ``adopt``, ``end_all``); nothing else writes a job's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +80,21 @@ class Job:
     def attempts(self) -> int:
         """How often the prompt was submitted (more than 1 after a server lost it)."""
         return self._state.attempts
+
+    @property
+    def moves(self) -> int:
+        """How often failover moved the job to another server (its server was down too long)."""
+        return self._state.moves
+
+    @property
+    def resends(self) -> int:
+        """How often the job was sent again because its server forgot it (a restart)."""
+        return self._state.resends
+
+    @property
+    def started_at(self) -> float | None:
+        """Wall-clock time (``time.time()``) the job was first seen running; None before."""
+        return self._state.started_at
 
     @property
     def tags(self) -> dict | None:
@@ -169,7 +201,7 @@ class as_completed:
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[Job] = asyncio.Queue()
         for job in self._jobs:
-            job._state.future.add_done_callback(lambda _, job=job: loop.call_soon_threadsafe(finished.put_nowait, job))
+            job._state.future.add_done_callback(functools.partial(_put, loop, finished, job))
         deadline = None if self._timeout is None else loop.time() + self._timeout
         for _ in self._jobs:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -181,3 +213,7 @@ class as_completed:
     def _expired(self) -> Timeout:
         left = sum(not job.done() for job in self._jobs)
         return Timeout(f"{left} of {len(self._jobs)} jobs did not finish within {self._timeout:g} s")
+
+
+def _put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, job: Job, _: Any) -> None:
+    loop.call_soon_threadsafe(queue.put_nowait, job)

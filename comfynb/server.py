@@ -1,41 +1,44 @@
 """One ComfyUI server as a session sees it: transport, WebSocket, tracker, watchdog, reconciliation.
 
 The socket is trusted for speed, never for correctness: a job ends only when its history (or the
-jobs API) says how, and whenever the socket may have missed something (reconnect, silence, a queue
-that shrank without a completion) the server is asked directly, with one ``/queue`` call for all
-jobs and a per-job lookup only for those that left the queue. Which server takes a prompt, and
-moving jobs off a server that is down, is :mod:`comfynb.pool`'s business; it calls back into the
-:class:`Server` through ``session._pool``. All of this runs on the private loop.
+jobs API) says how, or, if the server is gone, when our socket witnessed the whole ending. Whenever
+the socket may have missed something (reconnect, a sign that one of ours ended unseen, silence)
+the server is asked directly, with one ``/queue`` call for all jobs and a per-job lookup only for
+those that left the queue.
+
+A :class:`Server` knows nothing above it. It gets its policy as a :class:`~comfynb.settings.Settings`
+value and reports facts to a :class:`Listener` (the pool): how a job ended, that the server forgot a
+job, that it does not answer. It never decides where a job goes next. All of this runs on the
+private loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .connection import Connection
 from .errors import (
-    Cancelled,
     ComfyError,
     ExecutionError,
     HTTPStatusError,
     Interrupted,
-    JobLost,
     ProtocolError,
+    ServerUnavailable,
     Timeout,
     TransportError,
     ValidationError,
 )
 from .results import Result
+from .settings import Settings
 from .tracker import (
-    CANCELLED,
     ERROR,
     INTERRUPTED,
-    LOST,
     PENDING,
     QUEUED,
     RUNNING,
@@ -45,32 +48,60 @@ from .tracker import (
 )
 from .transport import NotSupported, Transport
 
-if TYPE_CHECKING:
-    from .session import Session
-
 # The session logged all of this before the server had a module of its own: users filter on it.
 log = logging.getLogger("comfynb.session")
 
-STARTING, UP, DOWN = "starting", "up", "down"  # health, kept by comfynb.pool
+STARTING, UP, DOWN = "starting", "up", "down"  # health, kept by the pool: a DOWN server is sent no POST
 
 _HISTORY_READS = 6  # /history/{id} reads before asking the jobs API (0.05 s .. 0.8 s apart)
 _HISTORY_BACKOFF = 0.05
-_MAX_GRACE = 0.5  # how long a final `executing` may lag behind the `status` that precedes it
+_RETRY_AFTER = 0.5  # a failed lookup is tried again this much later (the watchdog ticks at half of it)
 _UNKNOWN = "unknown"
 _FINISHED = "finished"
 _OUTCOME_MESSAGES = {SUCCESS: "execution_success", ERROR: "execution_error", INTERRUPTED: "execution_interrupted"}
+_QUICK_RETRY = 0.02  # first retry of a failed POST: most failures are single dropped requests
+_POST_SETTLE_MIN, _POST_SETTLE_MAX = 0.5, 5.0  # how long an unanswered POST may still be handled
+
+
+class Listener(Protocol):
+    """What a server reports upward. The listener alone decides a job's fate (see :mod:`comfynb.jobs`)."""
+
+    def heard(self, server: Server, item: Any) -> None:
+        """Every event, preview and binary frame the socket delivered (for the session's event buffer)."""
+
+    def posting(self, server: Server, state: PromptState) -> None:
+        """A POST of ``state`` is about to leave the client (the journal records it first)."""
+
+    def ended(
+        self,
+        server: Server,
+        state: PromptState,
+        status: str,
+        *,
+        result: Result | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """How a job held by this server ended: from its history, or from what our socket saw."""
+
+    def forgotten(self, server: Server, state: PromptState) -> None:
+        """The server does not know a prompt it was given (restarted, evicted, or deleted by us)."""
+
+    def unreachable(self, server: Server, error: BaseException) -> None:
+        """A POST got no answer: the server may still have the prompt."""
 
 
 class Server:
-    """One server as the session sees it: transport, socket, tracker, watchdog and reconciliation."""
+    """One server: transport, socket, tracker, watchdog and reconciliation (see the module docstring)."""
 
-    def __init__(self, session: Session, transport: Transport):
-        self.session = session
+    def __init__(self, transport: Transport, client_id: str, settings: Settings, listener: Listener):
         self.transport = transport
+        self.client_id = client_id
+        self.settings = settings
+        self.listener = listener
         self.url = transport.url
-        self.tracker = Tracker(on_complete=self._on_complete)
+        self.tracker = Tracker(on_complete=self._on_complete, on_sign=self._on_sign)
         self.connection: Connection | None = None
-        # dispatch and health, kept by comfynb.pool
+        # dispatch and health, kept by the pool
         self.health = STARTING
         self.ever_up = False
         self.error: BaseException | None = None  # why it is (or was last) down
@@ -83,7 +114,7 @@ class Server:
         self.caps: Any = None  # capabilities.Capabilities, once read
         self.orphans: dict[str, PromptState] = {}  # jobs moved away while it was down
         self.done = self.failed = 0
-        self.grace = min(_MAX_GRACE, session.reconcile_after)
+        self.retry_after = min(_RETRY_AFTER, settings.reconcile_after) or _RETRY_AFTER
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self._reconciling = False
@@ -91,6 +122,8 @@ class Server:
         self._check_socket = False
         self._last_reconcile = time.monotonic()
         self._retry_at: float | None = None  # a lookup failed: reconcile again at this time
+        self._sign: asyncio.TimerHandle | None = None  # a pending quick check after a sign
+        self._signs: set[PromptState | None] = set()  # what the signs were about
         self._meta: Any = None  # the last history entry's `meta`, shared by equal ones
 
     async def start(self) -> None:
@@ -112,7 +145,7 @@ class Server:
             pass
         self.connection = Connection(
             self.transport,
-            self.session.client_id,
+            self.client_id,
             on_event=self._on_event,
             on_preview=self._on_preview,
             on_frame=self._on_frame,
@@ -128,6 +161,8 @@ class Server:
 
     async def close(self) -> None:
         self._closed = True  # from now on nothing new starts (the socket's events spawn work)
+        if self._sign is not None:
+            self._sign.cancel()
         if self.connection is not None:
             await self.connection.close()
         for task in list(self._tasks):
@@ -149,41 +184,58 @@ class Server:
             if not task.cancelled() and task.exception() is not None:
                 log.error("internal error in comfynb (please report)", exc_info=task.exception())
                 if state is not None:
-                    self.settle(state, ERROR, error=task.exception())
+                    self.end(state, ERROR, error=task.exception())
 
         task.add_done_callback(done)
 
-    def settle(
+    def end(
         self, state: PromptState, status: str, *, result: Result | None = None, error: BaseException | None = None
     ) -> None:
-        if settle_once(state, status, result=result, error=error):
-            if self.session.journal is not None:
-                self.session.journal.on_settle(state)
-            if self.tracker.running == state.prompt_id:
-                self.tracker.running = None
-            self.session._pool.settled(state)
+        """Report how a job ended; the listener settles it (once)."""
+        if self.tracker.running == state.prompt_id:
+            self.tracker.running = None
+        self.listener.ended(self, state, status, result=result, error=error)
 
     # -- socket callbacks (on the loop, must not block) ---------------------------------------
 
     def _on_event(self, event: Any) -> None:
-        self.session.events.append((time.time(), self.url, event))
+        self.listener.heard(self, event)
         self.tracker.feed(event)
 
     def _on_preview(self, preview: Any) -> None:
-        self.session.events.append((time.time(), self.url, preview))
+        self.listener.heard(self, preview)
         self.tracker.feed_preview(preview)
 
     def _on_frame(self, frame: Any) -> None:
-        self.session.events.append((time.time(), self.url, frame))
+        self.listener.heard(self, frame)
 
     def _on_connect(self) -> None:
         self.tracker.connected()
-        if self.connection.connects > 1:
+        if self.connection is not None and self.connection.connects > 1:
             log.info("reconnected to %s; reconciling unfinished jobs", self.url)
         self.request_reconcile()
 
     def _on_complete(self, state: PromptState) -> None:
         self.spawn(self.finalize(state), state)
+
+    def _on_sign(self, state: PromptState | None) -> None:
+        """One of ours probably ended without its final message: ask the server unless that
+        message arrives within ``sign_delay`` (it normally follows at once)."""
+        self._signs.add(state)
+        if self._sign is None and not self._closed:
+            self._sign = asyncio.get_running_loop().call_later(self.settings.sign_delay, self._signed)
+
+    def _signed(self) -> None:
+        self._sign = None
+        signs, self._signs = self._signs, set()
+        for state in signs:
+            if state is None:  # the queue emptied: every job of ours there must have ended
+                missing = any(s.accepted and not s.completed and not s.posting for s in self.tracker.unfinished())
+            else:
+                missing = not state.completed and not state.done and self.holds(state)
+            if missing:
+                self.request_reconcile()
+                return
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -192,15 +244,12 @@ class Server:
         self.tracker.register(state)
         try:
             try:
-                await asyncio.wait_for(self.connection.connected.wait(), self.transport.timeouts.connect)
+                if self.connection is not None:
+                    await asyncio.wait_for(self.connection.connected.wait(), self.transport.timeouts.connect)
             except TimeoutError:
                 pass  # post anyway: reconciliation finds the job when the socket is back
             if state.done:  # cancelled while waiting
                 return
-            state.sent = True
-            state.attempts += 1
-            if self.session.journal is not None:
-                self.session.journal.on_post(state, self.url)
             reply = await self._post(state)
         except ComfyError as exc:
             state.posting = False
@@ -209,15 +258,18 @@ class Server:
             elif isinstance(exc, ValidationError) or (
                 isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429
             ):
-                self.settle(state, ERROR, error=exc)  # refused: it would be refused again
+                self.end(state, ERROR, error=exc)  # refused: it would be refused again
+            elif not state.sent:  # never left the client (the server was marked down first)
+                self.listener.unreachable(self, exc)
             else:  # unanswered: the server may have it, so it is not sent elsewhere yet
                 state.post_error = exc
-                self.session._pool.unreachable(self, exc)
+                self.listener.unreachable(self, exc)
             return
         finally:
             state.posting = False
+        state.accepted = True
         if state.done:  # meanwhile another server's copy gave the job its result
-            await discard(self, state.prompt_id)
+            await self.remove([state.prompt_id])
             return
         state.post_error = None
         state.number = reply.get("number", state.number)
@@ -230,32 +282,89 @@ class Server:
             await self.finalize(state)
 
     async def _post(self, state: PromptState) -> dict:
-        """POST /prompt; after a failure in transit, POST again only once the server is known
-        not to have this prompt_id, so nothing ever runs twice because of us."""
-        delay = self.session.backoff
+        """POST /prompt so that the prompt runs once, whatever is lost on the way.
+
+        Nothing is posted to a server marked down (a late retry would land a copy there that
+        failover has already sent elsewhere). After a POST went unanswered, the server is asked
+        whether it has the prompt_id (queue, jobs API, history), and asked again once it has had
+        time to finish handling the first POST, before the next one; if a second copy appears in
+        the queue anyway, it is deleted.
+        """
         last: Exception | None = None
-        for attempt in range(self.session.retries + 1):
+        delay = _QUICK_RETRY
+        unanswered = 0.0  # how long the last POST went without an answer (0: it was answered)
+        if self.health == DOWN:
+            raise ServerUnavailable(f"{self.url} was marked down before the prompt was sent", url=self.url)
+        state.sent = True
+        state.attempts += 1
+        self.listener.posting(self, state)
+        for attempt in range(self.settings.retries + 1):
             if attempt:
-                await asyncio.sleep(delay)
-                delay *= 2
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = max(self.settings.backoff, delay * 2)
                 try:
-                    if await self._knows(state.prompt_id):
-                        log.info("POST of %s failed in transit but the server has it", state.prompt_id)
-                        return {}
+                    known = await self._knows(state.prompt_id)
+                    if not known and unanswered:
+                        # the first POST may still be in the server's hands (validating a big graph)
+                        await asyncio.sleep(min(_POST_SETTLE_MAX, max(_POST_SETTLE_MIN, 2 * unanswered)))
+                        known = await self._knows(state.prompt_id)
                 except (TransportError, Timeout) as exc:
                     last = exc
                     continue
+                if known:
+                    log.info("POST of %s went unanswered but the server has it", state.prompt_id)
+                    return {}
+                if self.health == DOWN and last is not None:  # marked down meanwhile: no late copy lands there
+                    raise last
+            started = time.monotonic()
             try:
-                return await self.transport.post_prompt(state.body)
+                reply = await self.transport.post_prompt(state.body or {})
             except ValidationError:
                 raise
             except HTTPStatusError as exc:
                 if exc.status < 500 and exc.status != 429:
                     raise
-                last = exc
+                last, unanswered = exc, 0.0
             except (TransportError, Timeout) as exc:
-                last = exc
+                last, unanswered = exc, time.monotonic() - started
+            else:
+                self._follow(state, reply)
+                if attempt:
+                    await self._drop_duplicate(state.prompt_id)
+                return reply
+        assert last is not None
         raise last
+
+    def _follow(self, state: PromptState, reply: dict) -> None:
+        """A server that ignores our prompt_id (older than client-chosen ids) gave its own: the job
+        follows that id (it is never POSTed again for this one); events under it are ours from now."""
+        theirs = str(reply.get("prompt_id"))
+        if theirs == state.prompt_id:
+            return
+        log.warning(
+            "%s ignored our prompt_id %s and named the prompt %s; following its id",
+            self.url,
+            state.prompt_id,
+            theirs,
+            extra={"prompt_id": state.prompt_id, "server": self.url},
+        )
+        self.tracker.forget(state.prompt_id)
+        state.prompt_id = theirs
+        if state.body is not None:
+            state.body["prompt_id"] = theirs
+        self.tracker.register(state)
+        self.request_reconcile()  # what it said under the new id before we knew it was lost
+
+    async def _drop_duplicate(self, prompt_id: str) -> None:
+        """After a repeated POST: if both copies made it into the queue, delete one."""
+        try:
+            running, pending = await self.transport.get_queue()
+            copies = running.count(prompt_id) + pending.count(prompt_id)
+            if copies > 1 and prompt_id in pending:
+                log.warning("%s holds two copies of %s; deleting one", self.url, prompt_id)
+                await self.transport.delete_queued([prompt_id])  # removes one pending copy
+        except (TransportError, Timeout) as exc:
+            log.warning("could not check %s for a second copy of %s: %s", self.url, prompt_id, exc)
 
     async def _knows(self, prompt_id: str) -> bool:
         if self.transport.jobs_api is not False:
@@ -290,7 +399,7 @@ class Server:
                 state.unread_since = None
                 if state.done or not self.holds(state):  # ended or moved while we looked
                     break
-                if where == _FINISHED:
+                if where == _FINISHED and entry is not None:
                     self._finish(state, entry)
                 elif where == _UNKNOWN:
                     self._lost(state)
@@ -302,11 +411,22 @@ class Server:
                 if state.done or not state.again:
                     break
         except (TransportError, Timeout) as exc:
+            if _witnessed(state) and not isinstance(exc, HTTPStatusError):
+                # the server went away (restart, crash), but our socket saw the whole ending
+                log.info(
+                    "could not read the history of %s from %s (%s); settling it from the events seen",
+                    state.prompt_id,
+                    self.url,
+                    exc,
+                    extra={"prompt_id": state.prompt_id, "server": self.url},
+                )
+                self._finish(state, _entry_from_events(state))
+                return
             now = time.monotonic()
             state.unread_since = state.unread_since or now
-            give_up = self.session._pool.give_up_after
+            give_up = self.settings.give_up_after
             if give_up is not None and now - state.unread_since >= give_up:
-                self.settle(
+                self.end(
                     state,
                     ERROR,
                     error=TransportError(
@@ -317,8 +437,14 @@ class Server:
                     ),
                 )
                 return
-            log.warning("could not read the outcome of %s from %s (%s); will retry", state.prompt_id, self.url, exc)
-            self._retry_at = now + self.grace  # the watchdog reconciles then
+            log.warning(
+                "could not read the outcome of %s from %s (%s); will retry",
+                state.prompt_id,
+                self.url,
+                exc,
+                extra={"prompt_id": state.prompt_id, "server": self.url},
+            )
+            self._retry_at = now + self.retry_after  # the watchdog reconciles then
         finally:
             state.finalizing = False
 
@@ -357,9 +483,9 @@ class Server:
             if not last:
                 await asyncio.sleep(delay)
                 delay *= 2
-        if _outcome_of(entry):  # a success whose outputs never showed: take them from the events
+        if entry is not None and _outcome_of(entry):  # a success whose outputs never showed: take them from the events
             return _FINISHED, {**entry, "outputs": {**state.outputs, **(entry.get("outputs") or {})}}
-        if state.completed and state.outcome is not None and (state.outputs or state.outcome != SUCCESS):
+        if _witnessed(state):
             return _FINISHED, _entry_from_events(state)  # finished, then forgotten (restart)
         return _UNKNOWN, None
 
@@ -386,20 +512,23 @@ class Server:
         return entry
 
     def _finish(self, state: PromptState, entry: dict) -> None:
+        status, result, error = self.outcome(state, entry)
+        self.end(state, status, result=result, error=error)
+
+    def outcome(self, state: PromptState, entry: dict) -> tuple[str, Result | None, BaseException | None]:
+        """How a history entry says the prompt ended: (status, result or None, error or None)."""
         state.history = entry = self._share_echo(entry, state.body)
         result = Result.from_history(state.prompt_id, entry, server=self.url, fetcher=self.transport.view)
         if result.status == SUCCESS:
-            self.settle(state, SUCCESS, result=result)
-            return
-        data = _message(entry, "execution_interrupted")
+            return SUCCESS, result, None
         if result.status == INTERRUPTED:
-            error = Interrupted(
+            data = _message(entry, "execution_interrupted")
+            error: BaseException = Interrupted(
                 f"prompt {state.prompt_id} was interrupted at node {data.get('node_id')} ({data.get('node_type')})",
                 prompt_id=state.prompt_id,
                 node_id=data.get("node_id"),
             )
-            self.settle(state, INTERRUPTED, error=error)
-            return
+            return INTERRUPTED, None, error
         data = _message(entry, "execution_error")
         error = ExecutionError(
             prompt_id=state.prompt_id,
@@ -410,33 +539,11 @@ class Server:
             traceback=data.get("traceback"),
             raw=data,
         )
-        self.settle(state, ERROR, error=error)
+        return ERROR, None, error
 
     def _lost(self, state: PromptState) -> None:
         """The server does not know the prompt (restart, eviction, or our own queue delete)."""
-        if state.cancel_requested:
-            self.settle(state, CANCELLED, error=Cancelled(f"job {state.prompt_id} was cancelled"))
-        elif self.session.resubmit_lost and state.attempts < self.session.max_attempts:
-            reason = f"{self.url} no longer knows prompt {state.prompt_id} (restarted?)"
-            if not self.session._pool.resubmit(state, self, reason=reason, orphan=False):
-                log.info("prompt %s was sent again by another process; following it", state.prompt_id)
-                state.attempts += 1
-                self.tracker.place(state, QUEUED)
-        else:
-            policy = "resubmit_lost is off" if not self.session.resubmit_lost else "no attempts left"
-            why = (
-                "its last POST went unanswered: " + str(state.post_error)
-                if state.post_error is not None
-                else "server restarted?"
-            )
-            self.settle(
-                state,
-                LOST,
-                error=JobLost(
-                    f"{self.url} no longer knows prompt {state.prompt_id} ({why}) after "
-                    f"{state.attempts} submission(s); {policy}"
-                ),
-            )
+        self.listener.forgotten(self, state)
 
     async def cancel(self, state: PromptState) -> None:
         """Queued: delete it from the server's queue. Running: interrupt it by prompt_id."""
@@ -446,7 +553,7 @@ class Server:
         try:
             if state.status != RUNNING:
                 await self.transport.delete_queued([pid])
-            running, pending = await self._queue()
+            running, pending = await self.queue()
             if pid in pending:
                 await self.transport.delete_queued([pid])
             elif pid in running:
@@ -482,14 +589,14 @@ class Server:
 
     async def _reconcile_once(self, check_socket: bool) -> None:
         """ONE /queue call places every job; only jobs that left the queue are looked up."""
-        self.tracker.shrink_at = self._retry_at = None
+        self._retry_at = None
         self._last_reconcile = time.monotonic()
         jobs = [s for s in self.tracker.unfinished() if s.sent and not s.posting and not s.finalizing]
         if not jobs:
             return
-        log.debug("reconciling %d job(s) with %s", len(jobs), self.url)
+        log.debug("reconciling %d job(s) with %s (check_socket=%s)", len(jobs), self.url, check_socket)
         heard = self.tracker.queue_remaining
-        running_ids, pending_ids = await self._queue()
+        running_ids, pending_ids = await self.queue()
         jobs = [s for s in jobs if self.holds(s) and not s.done and not s.posting]  # some may have moved meanwhile
         left = []
         for state in jobs:
@@ -502,31 +609,42 @@ class Server:
         if left:
             log.info("%d job(s) left the queue of %s without a final message; looking them up", len(left), self.url)
         missed = any(not s.completed and not s.cancel_requested for s in left)
-        if check_socket and (missed or (heard is not None and heard != len(running_ids) + len(pending_ids))):
+        changed = missed or (heard is not None and heard != len(running_ids) + len(pending_ids))
+        if check_socket and changed and self.connection is not None:
             self.connection.replace("it stayed silent while the server's queue changed")
         for state in left:
             self.spawn(self.finalize(state), state)
 
     async def _watch(self) -> None:
-        """Reconcile after an unexplained queue shrink or a failed lookup, or when nothing was
-        heard of our jobs for a while (a socket kept busy by other clients' broadcasts can still
-        have lost all of ours); the socket is replaced if it was silent and missed something."""
-        tick = self.grace / 2
+        """Reconcile after a failed lookup, or when nothing was heard of our jobs for a while (the
+        last resort: a socket kept busy by other clients' broadcasts can still have lost all of
+        ours); the socket is replaced if it was silent and missed something."""
+        tick = self.retry_after / 2
         while True:
             await asyncio.sleep(tick)
             if not self.load or self.health != UP:
                 continue
             now = time.monotonic()
-            shrink, retry = self.tracker.shrink_at, self._retry_at
-            if (shrink is not None and now - shrink >= self.grace) or (retry is not None and now >= retry):
+            if self._retry_at is not None and now >= self._retry_at:
                 self.request_reconcile()
             elif (
-                now - self.tracker.heard_at >= self.session.reconcile_after
-                and now - self._last_reconcile >= self.session.reconcile_after
+                now - self.tracker.heard_at >= self.settings.reconcile_after
+                and now - self._last_reconcile >= self.settings.reconcile_after
             ):
-                self.request_reconcile(check_socket=now - self.connection.last_message >= self.session.reconcile_after)
+                heard = self.connection.last_message if self.connection is not None else now
+                self.request_reconcile(check_socket=now - heard >= self.settings.reconcile_after)
 
-    async def _queue(self) -> tuple[set[str], set[str]]:
+    async def remove(self, prompt_ids: list[str]) -> None:
+        """Remove copies we no longer want: delete them if queued, interrupt the one running."""
+        try:
+            await self.transport.delete_queued(prompt_ids)
+            running, _ = await self.queue()
+            for pid in running.intersection(prompt_ids):
+                await self.transport.interrupt(pid)
+        except (TransportError, Timeout) as exc:
+            log.warning("could not remove %d prompt(s) of ours from %s: %s", len(prompt_ids), self.url, exc)
+
+    async def queue(self) -> tuple[set[str], set[str]]:
         """Running and pending prompt ids in ONE call: ``/api/jobs`` (ids only) where the server
         has it, else ``/queue`` (which carries every queued graph too)."""
         if not self.transport.jobs_api:
@@ -544,7 +662,7 @@ class Server:
 
     async def ask(self, prompt_id: str) -> dict:
         """What this server says about a prompt: queue position, history status, jobs API record."""
-        running, pending = await self._queue()
+        running, pending = await self.queue()
         queue = RUNNING if prompt_id in running else QUEUED if prompt_id in pending else None
         entry = await self.transport.get_history(prompt_id)
         job = None
@@ -560,23 +678,6 @@ class Server:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def settle_once(
-    state: PromptState, status: str, *, result: Result | None = None, error: BaseException | None = None
-) -> bool:
-    """End a job once; later calls are ignored (False)."""
-    if state.done:
-        return False
-    state.status = status
-    state.error = error
-    state.finished_at = time.time()
-    state.release()
-    if error is None:
-        state.future.set_result(result)
-    else:
-        state.future.set_exception(error)
-    return True
-
-
 def _interned(value: Any) -> Any:
     """JSON data with interned strings: the keys and words every history entry repeats
     ("prompt_id", "timestamp", "output"...) are then held once, not once per entry."""
@@ -587,6 +688,11 @@ def _interned(value: Any) -> Any:
     if isinstance(value, list):
         return [_interned(v) for v in value]
     return value
+
+
+def _witnessed(state: PromptState) -> bool:
+    """Our socket saw the prompt end and how (a success with the outputs it produced)."""
+    return state.completed and state.outcome is not None and bool(state.outputs or state.outcome != SUCCESS)
 
 
 def _outcome_of(entry: dict | None) -> bool:
@@ -601,7 +707,7 @@ def _outcome_of(entry: dict | None) -> bool:
 
 def _complete(entry: dict | None, state: PromptState) -> bool:
     """Ended, and not a success missing the outputs our socket saw being produced."""
-    if not _outcome_of(entry):
+    if entry is None or not _outcome_of(entry):
         return False
     return entry.get("outputs") or not state.outputs or (entry.get("status") or {}).get("status_str") != SUCCESS
 
@@ -621,29 +727,24 @@ def _entry_from_job(job: dict) -> dict:
         ok = job.get("status") == "completed"
         messages = [] if ok else [["execution_error", job.get("execution_error") or {}]]
         status = {"status_str": SUCCESS if ok else ERROR, "completed": ok, "messages": messages}
-    prompt = [job.get("priority"), job.get("id"), workflow.get("prompt") or {}, workflow.get("extra_data") or {}, []]
+    prompt: list = [
+        job.get("priority"),
+        job.get("id"),
+        workflow.get("prompt") or {},
+        workflow.get("extra_data") or {},
+        [],
+    ]
     return {"prompt": prompt, "outputs": job.get("outputs") or {}, "status": status, "meta": {}}
 
 
 def _entry_from_events(state: PromptState) -> dict:
     """The history our socket witnessed, for a prompt the server finished and then forgot."""
-    body = state.body
+    body = state.body or {"prompt": {}, "extra_data": {}}
     ok = state.outcome == SUCCESS
     status = {
         "status_str": SUCCESS if ok else ERROR,
         "completed": ok,
-        "messages": [[_OUTCOME_MESSAGES[state.outcome], state.outcome_data or {}]],
+        "messages": [[_OUTCOME_MESSAGES[state.outcome or ERROR], state.outcome_data or {}]],
     }
     prompt = [state.number, state.prompt_id, body["prompt"], body["extra_data"], list(state.outputs)]
     return {"prompt": prompt, "outputs": dict(state.outputs), "status": status, "meta": {}}
-
-
-async def discard(server: Server, prompt_id: str) -> None:
-    """Remove a copy we no longer want from a server: delete it if queued, interrupt it if running."""
-    try:
-        await server.transport.delete_queued([prompt_id])
-        running, _ = await server._queue()
-        if prompt_id in running:
-            await server.transport.interrupt(prompt_id)
-    except (TransportError, Timeout) as exc:
-        log.warning("could not remove the extra copy of %s from %s: %s", prompt_id, server.url, exc)

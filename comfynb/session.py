@@ -1,14 +1,18 @@
 """Session: submit prompts to ComfyUI servers and get every result back, exactly once.
 
-A Session owns one :class:`comfynb.server.Server` per URL (transport, WebSocket, tracker,
-watchdog, reconciliation), all on the private loop; :mod:`comfynb.pool` decides which server
-takes each prompt and moves jobs off a server that is down. The session itself holds the jobs,
-the public API (submit, sweeps, status, check, close) and the bridge to the caller's thread.
+Layers, top to bottom (imports point down; events flow up through named listener interfaces):
+the Session holds the jobs, the public API (submit, sweeps, status, check, close) and the bridge
+to the caller's thread; its :class:`~comfynb.pool.Pool` dispatches, watches health, moves jobs off
+a server that is down and alone settles every job; each :class:`~comfynb.server.Server` follows one
+ComfyUI (transport, WebSocket, tracker, reconciliation) and reports facts to the pool. The session
+hands its policy down as one :class:`~comfynb.settings.Settings` value, and hears back through
+:class:`_Record` (event buffer and journal). Everything below the session runs on the private loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import inspect
@@ -31,7 +35,8 @@ from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
 from .pool import Pool
-from .server import DOWN, UP, Server, settle_once
+from .server import DOWN, UP
+from .settings import Settings
 from .tracker import CANCELLED, ERROR, PromptState
 from .transport import Timeouts, Transport
 from .workflow import Workflow
@@ -100,11 +105,16 @@ class Session:
         if progress not in _PROGRESS:
             raise ValueError(f"progress must be 'auto', 'widget', 'text' or False, not {progress!r}")
         self.progress = progress
-        self.resubmit_lost = resubmit_lost
-        self.max_attempts = max(1, max_attempts)
-        self.reconcile_after = reconcile_after
-        self.retries = max(0, retries)
-        self.backoff = backoff
+        self.settings = Settings(
+            retries=max(0, retries),
+            backoff=backoff,
+            resubmit_lost=resubmit_lost,
+            max_attempts=max(1, max_attempts),
+            reconcile_after=reconcile_after,
+            down_after=down_after,
+            failover_after=failover_after,
+            give_up_after=give_up_after,
+        )
         self.events: collections.deque = collections.deque(maxlen=max_events)
         self.simulator: Any = None  # set by Session.simulated(): the first simulator
         self.simulators: list = []
@@ -113,35 +123,33 @@ class Session:
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._sim_context: Any = None
         self._secrets = _secrets(urls, headers, auth, token)
-        self._servers = [
-            Server(
-                self,
-                Transport(
-                    u,
-                    headers=headers,
-                    auth=auth,
-                    token=token,
-                    timeout=timeout,
-                    retries=retries,
-                    backoff=backoff,
-                    verify_ssl=verify_ssl,
-                ),
+        transports = [
+            Transport(
+                u,
+                headers=headers,
+                auth=auth,
+                token=token,
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                verify_ssl=verify_ssl,
             )
             for u in urls
         ]
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._record = _Record(self.events, self.journal)
         self._pool = Pool(
-            self,
-            self._servers,
+            transports,
+            self.client_id,
+            self.settings,
+            self._record,
             weights=weights,
             max_inflight=max_inflight,
             capabilities=capabilities,
-            down_after=down_after,
-            failover_after=failover_after,
-            give_up_after=give_up_after,
         )
+        self._servers = self._pool.servers
         self._started = _loop.submit(self._pool.start())
 
     @classmethod
@@ -165,11 +173,12 @@ class Session:
         try:
             for sim in sims:
                 stack.enter_context(sim.running())
-            session = cls([sim.url for sim in sims], **session_options)
+            session = cls([str(sim.url) for sim in sims], **session_options)
         except BaseException:
             stack.close()
             raise
         session.simulator, session.simulators, session._sim_context = sims[0], sims, stack
+        _simulated.add(session)
         return session
 
     # -- submitting -----------------------------------------------------------------------
@@ -200,7 +209,12 @@ class Session:
     def _body(self, prompt: dict, prompt_id: str, tags: dict | None, front: bool = False) -> dict:
         """The POST /prompt body: our client_id, our prompt_id, tags in ``extra_data["comfynb"]``."""
         extra = {"comfynb": tags} if tags is not None else {}
-        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id, "extra_data": extra}
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "client_id": self.client_id,
+            "prompt_id": prompt_id,
+            "extra_data": extra,
+        }
         if front:
             body["front"] = True
         return body
@@ -254,23 +268,12 @@ class Session:
             job = self._jobs.get(prompt_id)
         if job is not None:
             return job
-        srv = next((s for s in self._servers if s.url == server), None)
-        if srv is None:
-            raise ComfyError(f"prompt {prompt_id} was sent to {server}, which is not a server of this session")
         state = PromptState(prompt_id, None if prompt is None else self._body(prompt, prompt_id, tags), tags)
-        state.sent, state.attempts = True, attempts
-        self._pool.assign(state, srv)
-        srv.tracker.register(state)
+        state.attempts = attempts
         job = Job(state, self._request_cancel)
+        self._pool.adopt(state, server, entry=entry, status=status)
         with self._lock:
             self._jobs[prompt_id] = job
-        if entry is not None:
-            srv._finish(state, entry)
-        elif status is not None:
-            error = Cancelled if status == CANCELLED else ComfyError
-            srv.settle(state, status, error=error(f"prompt {prompt_id} ended as {status} in an earlier session"))
-        else:
-            srv.spawn(srv.finalize(state))
         return job
 
     # -- sweeps, input images, history (the logic lives in sweep.py and frames.py) ----------------
@@ -316,10 +319,23 @@ class Session:
     def history_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
         """The results frame rebuilt from the servers' history alone (works in a new process): every
         server that is up is read, and a prompt found on two (moved by failover) gives one row."""
-        return _frames.history_frame(self, tag=tag, sweep_id=sweep_id, limit=limit)
+        return _loop.run_sync(self._history_frame(tag=tag, sweep_id=sweep_id, limit=limit))
 
     async def ahistory_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
-        return await _frames.ahistory_frame(self, tag=tag, sweep_id=sweep_id, limit=limit)
+        return await _loop.run_async(self._history_frame(tag=tag, sweep_id=sweep_id, limit=limit))
+
+    async def _history_frame(self, **query: Any):
+        await asyncio.wrap_future(self._started)
+        up = []
+        for server in self._servers:
+            if server.health == UP:
+                up.append(server.transport)
+            else:
+                log.warning("history_frame: %s is down, its history is not included", server.url)
+        if not up:
+            raise self._servers[0].error or ComfyError("no server answers")
+        prefer = {job.prompt_id: job.server for job in self.jobs if job.done()}
+        return await _frames.collect_history(up, journal=self.journal, prefer=prefer, **query)
 
     def _tags(self, tags: str | Mapping | None) -> dict | None:
         if tags is None:
@@ -337,65 +353,60 @@ class Session:
         return json.loads(text)
 
     def _settle_unsent(self, state: PromptState, error: BaseException, status: str = ERROR) -> None:
-        """Fail a job that no server took (none answers, or none can run it)."""
-        state.posting = False
-        settle_once(state, status, error=error)
+        """End a job that no server took (a sweep whose sending failed); from any thread."""
+        _loop.get_loop().call_soon_threadsafe(self._pool.drop, state, error, status)
 
     def _request_cancel(self, state: PromptState) -> None:
-        _loop.get_loop().call_soon_threadsafe(self._cancel, state)
-
-    def _cancel(self, state: PromptState) -> None:
-        if state.done:
-            return
-        state.cancel_requested = True
-        server = next((s for s in self._servers if s.url == state.server), None)
-        if not state.sent:  # not on a server: drop it (whoever is about to send checks `done`)
-            error = Cancelled(f"job {state.prompt_id} was cancelled")
-            if server is not None:
-                server.settle(state, CANCELLED, error=error)
-            elif settle_once(state, CANCELLED, error=error) and self.journal is not None:
-                self.journal.on_settle(state)  # it may have been sent before (moved off a down server)
-        elif server is not None:
-            server.spawn(server.cancel(state), state)
+        _loop.get_loop().call_soon_threadsafe(self._pool.cancel, state)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def _ready(self) -> None:
         await asyncio.wrap_future(self._started)
         if not self._pool.up():
-            raise self._servers[0].error
+            raise self._servers[0].error or ComfyError("no server answers")
         for s in self._servers:
             if s.health != UP:
                 log.warning("server %s is down for now (%s); it joins when it answers", s.url, s.error)
 
-    async def _aclose(self) -> None:
+    async def _aclose(self, cancel: bool) -> None:
         with self._lock:
             self._closed = True
         try:
             await asyncio.wrap_future(self._started)
         except Exception:  # a start that failed has nothing to close
             pass
+
+        def error_for(state: PromptState) -> Cancelled:
+            where = ""
+            if state.sent:
+                where = f"; it was stopped on {state.server}" if cancel else f"; it may still run on {state.server}"
+            return Cancelled(f"the session was closed before job {state.prompt_id} ended{where}")
+
+        if cancel:
+            await self._pool.end_all(error_for)
+        else:  # they may still run: the journal keeps them open, for resume to follow
+            self._record.journal = None
         await self._pool.close()
-        for s in self._servers:
-            await s.close()
         with self._lock:
             jobs = list(self._jobs.values())
-        for job in jobs:
-            state = job._state
-            where = f"; it may still run on {state.server}" if state.sent else ""
-            settle_once(
-                state, CANCELLED, error=Cancelled(f"the session was closed before job {state.prompt_id} ended{where}")
-            )
+        for job in jobs:  # held by a sweep, or left unfinished with cancel=False
+            self._pool.drop(job._state, error_for(job._state), CANCELLED)
 
-    def close(self) -> None:
-        """Close sockets and HTTP sessions (and the embedded simulator); unfinished jobs end as cancelled."""
+    def close(self, cancel: bool = True) -> None:
+        """Close sockets and HTTP sessions (and the embedded simulator); unfinished jobs end as cancelled.
+
+        ``cancel`` (default): our prompts still queued on a server are deleted there and the one
+        running is interrupted, since nobody would collect their results. ``cancel=False`` leaves
+        them running; ``history_frame`` or ``resume`` (with a journal) collect them later.
+        """
         if not self._closed:
-            _loop.run_sync(self._aclose())
+            _loop.run_sync(self._aclose(cancel))
         self._stop_simulator()
 
-    async def aclose(self) -> None:
+    async def aclose(self, cancel: bool = True) -> None:
         if not self._closed:
-            await _loop.run_async(self._aclose())
+            await _loop.run_async(self._aclose(cancel))
         if self._sim_context is not None:
             await asyncio.to_thread(self._stop_simulator)
 
@@ -538,6 +549,39 @@ class Session:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+_simulated: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_simulators() -> None:
+    """Simulators of sessions left open stop at exit while threads still run: one stopped later,
+    when its session is collected during interpreter teardown, would wait for a frozen thread."""
+    for session in list(_simulated):
+        session._stop_simulator()
+
+
+class _Record:
+    """The pool's listener: the session's event buffer and its journal, nothing more."""
+
+    def __init__(self, events: collections.deque, journal: Journal | None):
+        self.events = events
+        self.journal = journal
+
+    def heard(self, url: str, item: Any) -> None:
+        self.events.append((time.time(), url, item))
+
+    def posting(self, state: PromptState, url: str) -> None:
+        if self.journal is not None:
+            self.journal.on_post(state, url)
+
+    def settled(self, state: PromptState) -> None:
+        if self.journal is not None:
+            self.journal.on_settle(state)
+
+    def may_resubmit(self, state: PromptState) -> bool:
+        return self.journal is None or self.journal.may_resubmit(state)
 
 
 _CREDENTIAL_HEADERS = ("auth", "cookie", "key", "token", "secret", "password", "session")

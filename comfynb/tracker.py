@@ -4,7 +4,11 @@ One :class:`Tracker` per server connection. It only acts on prompt ids it regist
 their POST, so events of other clients' prompts (broadcast progress, previews) are counted and
 dropped instead of being misattributed. Completion is ``executing {node: null}`` with our
 ``prompt_id`` and nothing else; the outcome events only record what the history will confirm.
-All methods run on the private loop's thread.
+
+ComfyUI runs one prompt at a time, so the socket also carries *signs* that a prompt of ours ended
+even when its final message was lost: another prompt's events while ours runs, a queue that
+shrank while ours ran, a queue that emptied while ours is unfinished. The tracker reports each to
+its owner (``on_sign``), which asks the server at once. All methods run on the private loop's thread.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ class PromptState:
         self.number: int | float | None = None
         self.node_errors: dict = {}
         self.submitted_at = time.time()
+        self.started_at: float | None = None  # first seen running (time.time()), for queue wait vs run time
         self.finished_at: float | None = None
+        self.moves = 0  # times failover moved it to another server
+        self.resends = 0  # times it was sent again because a server forgot it (restart)
         self.events = 0
         self.last_event: str | None = None
         self.last_event_at: float | None = None
@@ -67,6 +74,7 @@ class PromptState:
         self.future.set_running_or_notify_cancel()
         # Flow control, owned by the session.
         self.sent = False  # a POST /prompt left the client (the server may know the id)
+        self.accepted = False  # the server confirmed it has the prompt (POST reply, or found there)
         self.posting = False
         self.finalizing = False
         self.again = False  # a completion arrived while finalizing: look again
@@ -90,12 +98,27 @@ class PromptState:
         self.body = None
         self.outputs = {}
         self.outcome_data = None
-        self._nodes_done = frozenset()  # the empty frozenset is a shared singleton
+        self._nodes_done = set()
+
+    def settle(self, status: str, *, result: Any = None, error: BaseException | None = None) -> bool:
+        """End the job once; later calls are ignored (False). Only the pool calls this (see
+        :mod:`comfynb.jobs` for who decides a job's fate)."""
+        if self.done:
+            return False
+        self.status = status
+        self.error = error
+        self.finished_at = time.time()
+        self.release()
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
+        return True
 
     def resubmitting(self) -> None:
         self._reset_run()
         self.status = PENDING
-        self.sent = False
+        self.sent = self.accepted = False
 
     @property
     def done(self) -> bool:
@@ -105,13 +128,17 @@ class PromptState:
 class Tracker:
     """Routes events of one socket to the prompts registered on it."""
 
-    def __init__(self, on_complete: Callable[[PromptState], None]):
+    def __init__(
+        self,
+        on_complete: Callable[[PromptState], None],
+        on_sign: Callable[[PromptState | None], None] = lambda state: None,
+    ):
         self.jobs: dict[str, PromptState] = {}
         self.on_complete = on_complete
+        self.on_sign = on_sign  # a prompt of ours probably ended unseen (None: look at all of them)
         self.running: str | None = None  # our prompt executing on the server, as our socket saw it
         self.foreign = 0  # events and previews of prompts that are not ours
         self.queue_remaining: int | None = None
-        self.shrink_at: float | None = None  # queue shrank while ours ran, no completion since
         self.preview_metadata = False  # the server confirmed type-4 previews for this socket
         self.heard_at = time.monotonic()  # the last event for one of our prompts
 
@@ -145,6 +172,8 @@ class Tracker:
         pid = event.prompt_id
         if pid is None:  # the reconnect-time `executing` replay: reconciliation places it
             return
+        if self.running is not None and pid != self.running:
+            self._moved_on()  # the worker runs another prompt: ours ended, its final message was lost
         state = self.jobs.get(pid)
         if state is None:
             self.foreign += 1
@@ -205,24 +234,34 @@ class Tracker:
     def _status(self, remaining: int | None) -> None:
         if remaining is None:
             return
-        # A prompt of ours was running and the queue shrank: its final message should follow
-        # at once (protocol §5.2, step 8-9). Other clients' completions are no concern of ours.
+        # History is written before this broadcast and our final `executing` follows it at once
+        # (protocol §5.2, steps 8-9): a shrink while ours runs, or an empty queue while ours is
+        # unfinished, means it ended. Other clients' completions are no concern of ours.
         shrank = self.queue_remaining is not None and remaining < self.queue_remaining
-        if shrank and self.running is not None and self.shrink_at is None:
-            self.shrink_at = time.monotonic()
         self.queue_remaining = remaining
+        if shrank and self.running is not None:
+            self._moved_on()
+        elif remaining == 0 and any(s.sent and not s.completed and not s.done for s in self.jobs.values()):
+            self.on_sign(None)
+
+    def _moved_on(self) -> None:
+        state = self.jobs.get(self.running) if self.running is not None else None
+        self.running = None
+        if state is not None and not state.done and not state.completed:
+            self.on_sign(state)
 
     def _running(self, state: PromptState) -> None:
         if not state.completed:
             state.status = RUNNING
             self.running = state.prompt_id
+            if state.started_at is None:
+                state.started_at = time.time()
 
     def _completed(self, state: PromptState) -> None:
         state.completed = True
         state.progress.node = None
         if self.running == state.prompt_id:
             self.running = None
-        self.shrink_at = None
         self.on_complete(state)
 
     # -- reconciliation -----------------------------------------------------------------

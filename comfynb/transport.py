@@ -40,6 +40,7 @@ _TLS_HINT = "pass verify_ssl=False only if you trust this server"
 _AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
 _BODY_LIMIT = 2000
 _MAX_DELAY = 5.0
+_FIRST_RETRY = 0.02
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,9 @@ class Transport:
                     error = self._connection_error(exc, f"{method} {path}", attempt)
             if error is not None:
                 raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
-            delay = min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY) * random.uniform(0.5, 1.5)
+            # most failures are one dropped request: the first retry comes at once, later ones back off
+            base = _FIRST_RETRY if attempt == 1 else self.backoff * 2 ** (attempt - 2)
+            delay = min(base, _MAX_DELAY) * random.uniform(0.5, 1.5)
             log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
 

@@ -16,7 +16,7 @@ import mimetypes
 import os
 import sys
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from PIL import Image
@@ -26,8 +26,23 @@ from . import jobs
 from .files import annotated, same_content
 from .hub import SERVER_FEATURES, text_frame
 
-if TYPE_CHECKING:
-    from .simulator import Simulator
+
+class Simulator(Protocol):
+    """What the routes read from the simulator that serves them (comfynb.sim.simulator.Simulator;
+    named here, not imported, so the two modules do not import each other)."""
+
+    host: str
+    port: int
+    jobs_api: bool
+    engine: Any
+    hub: Any
+    faults: Any
+    files: Any
+    nodes: Any
+
+    @property
+    def checkpoints(self) -> list[str]: ...
+
 
 log = logging.getLogger("comfynb.sim")
 

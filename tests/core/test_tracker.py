@@ -111,14 +111,41 @@ def test_reconnect_replay_without_prompt_id_is_ignored():
     assert state.status == "pending" and tracker.foreign == 0
 
 
-def test_queue_shrink_while_ours_runs_is_remembered_until_it_completes():
+def signs_of(tracker):
+    seen = []
+    tracker.on_sign = seen.append
+    return seen
+
+
+def test_queue_shrink_while_ours_runs_is_a_sign_that_it_ended():
     tracker, state, completed = tracker_with_job()
+    signs = signs_of(tracker)
     tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 3}}))
     tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 2}}))
-    assert tracker.shrink_at is None  # someone else's prompt ended: none of ours was running
+    assert signs == []  # someone else's prompt ended: none of ours was running
     tracker.feed(frame("progress", prompt_id=OURS, node="3", value=1, max=2))  # its start was lost
     assert state.status == "running"
     tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 1}}))
-    assert tracker.shrink_at is not None
+    assert signs == [state]
     tracker.feed(frame("executing", node=None, prompt_id=OURS))
-    assert tracker.shrink_at is None and completed
+    assert completed
+
+
+def test_another_prompt_starting_while_ours_runs_is_a_sign_that_ours_ended():
+    tracker, state, _ = tracker_with_job()
+    signs = signs_of(tracker)
+    tracker.feed(frame("execution_start", prompt_id=OURS))
+    tracker.feed(frame("executing", node="3", prompt_id=OURS))
+    assert signs == []
+    tracker.feed(frame("execution_start", prompt_id=OTHER))  # a broadcast of a prompt without client_id
+    assert signs == [state] and tracker.running is None
+
+
+def test_an_empty_queue_while_ours_is_unfinished_is_a_sign():
+    tracker, state, _ = tracker_with_job()
+    signs = signs_of(tracker)
+    tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 0}}))
+    assert signs == []  # not sent yet
+    state.sent = True
+    tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 0}}))
+    assert signs == [None]  # every sent job of ours is to be looked at
