@@ -53,8 +53,8 @@ log = logging.getLogger("comfynb.session")
 
 STARTING, UP, DOWN = "starting", "up", "down"  # health, kept by the pool: a DOWN server is sent no POST
 
-_HISTORY_READS = 6  # /history/{id} reads before asking the jobs API (0.05 s .. 0.8 s apart)
-_HISTORY_BACKOFF = 0.05
+_HISTORY_READS = 8  # /history/{id} reads before asking the jobs API (0.01 s .. 0.64 s apart)
+_HISTORY_BACKOFF = 0.01  # a read that raced the write is retried almost at once
 _RETRY_AFTER = 0.5  # a failed lookup is tried again this much later (the watchdog ticks at half of it)
 _UNKNOWN = "unknown"
 _FINISHED = "finished"

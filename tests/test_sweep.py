@@ -337,7 +337,7 @@ def test_history_frame_pages_and_filters(session, txt2img):
     two = session.sweep(txt2img, grid={"KSampler.seed": range(3)}, tag="b")
     one.result(timeout=60), two.result(timeout=60)
     session.submit(SIM_WORKFLOWS / "tiny.json").result(timeout=30)  # untagged
-    everything = history_frame(session, page_size=4)
+    everything = history_frame(session.simulator.url, page_size=4)
     assert len(everything) == 11
     a = history_frame(session.simulator.url, tag="a", page_size=3)
     pd.testing.assert_frame_equal(a, one.frame())

@@ -68,6 +68,8 @@ def test_reconnect_reconciles_all_unfinished_jobs(make_session, caplog):
 def test_check_forces_reconciliation_of_one_job(make_session):
     session = make_session(reconcile_after=60.0, timeout=QUIET)
     session.submit(txt2img(0)).result(WAIT)  # the socket works
+    server = session._servers[0]
+    wait_until(lambda: server._sign is None and not server._reconciling)  # job 0's own checks are over
     session.simulator.stall(session.client_id)  # now it hears nothing, and nothing would notice soon
     job = session.submit(txt2img(1))
     wait_until(lambda: session.simulator.engine.remaining() == 0 and job.status != "pending")
