@@ -138,6 +138,9 @@ class ExecContext(Protocol):
     def save_image(
         self, image: Image.Image, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
     ) -> dict: ...
+    def reserve(
+        self, filename_prefix: str, type: str, ext: str, size: tuple[int, int] = (0, 0), sep: str = "_"
+    ) -> tuple[Path, str]: ...
     def resolve_input(self, name: str) -> Path: ...
 
 
@@ -359,11 +362,14 @@ async def _save_image_websocket(ctx: ExecContext, i: dict) -> NodeResult:
 
 
 def _input_file(input_dir: Path, name: str) -> Path | None:
-    """folder_paths.get_annotated_filepath for the input dir: "sub/x.png" or "x.png [input]"."""
-    if name.endswith(" [input]"):
-        name = name[: -len(" [input]")]
-    path = (input_dir / name).resolve()
-    if input_dir.resolve() not in path.parents or not path.is_file():
+    """folder_paths.get_annotated_filepath: "sub/x.png" or "x.png [input]" in the input dir,
+    "sub/x.png [output]" / "[temp]" in the sibling folders (chaining a job's output into the next)."""
+    base = input_dir
+    for kind in ("input", "output", "temp"):
+        if name.endswith(f" [{kind}]"):
+            name, base = name[: -len(kind) - 3], input_dir.parent / kind
+    path = (base / name).resolve()
+    if base.resolve() not in path.parents or not path.is_file():
         return None
     return path
 
@@ -805,4 +811,7 @@ def default_nodes(checkpoints: list[str] | None = None, input_dir: str | Path | 
             _vae_decode,
         ),
     ]
+    from .media import media_nodes  # video, audio, text, latent nodes (they import this module)
+
+    classes += media_nodes(Path(input_dir) if input_dir is not None else None)
     return {c.name: c for c in classes}
