@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from . import wsoutputs
 from .connection import Connection
 from .errors import (
     ComfyError,
@@ -519,6 +520,7 @@ class Server:
         """How a history entry says the prompt ended: (status, result or None, error or None)."""
         state.history = entry = self._share_echo(entry, state.body)
         result = Result.from_history(state.prompt_id, entry, server=self.url, fetcher=self.transport.view)
+        result = wsoutputs.attach(result, state, self.url)
         if result.status == SUCCESS:
             return SUCCESS, result, None
         if result.status == INTERRUPTED:

@@ -31,6 +31,7 @@ import yarl
 from . import _loop
 from . import frames as _frames
 from . import sweep as _sweep
+from . import wsoutputs as _wsoutputs
 from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
@@ -67,7 +68,10 @@ class Session:
     ``resubmit_lost``: a prompt the server forgot (restart) is submitted again, up to
     ``max_attempts`` submissions in all, else it ends as ``lost``. ``reconcile_after``: seconds
     without a message about our unfinished jobs (a silent socket, or one busy with other clients'
-    broadcasts only) before the server is asked directly.
+    broadcasts only) before the server is asked directly. ``on_missing_outputs``: when the socket
+    dropped while a SaveImageWebsocket node ran (its images exist nowhere else), ``"rerun"`` the
+    prompt (within ``max_attempts``), ``"raise"`` :class:`~comfynb.errors.OutputsMissing`, or
+    ``"keep"`` the result with ``result.missing`` naming the nodes in doubt.
     ``progress``: "auto" shows live progress (widgets in a Jupyter kernel, else a text line on
     stderr), "widget" or "text" force one, False shows nothing.
     ``journal`` (a SQLite path) records every submission, so ``resume(sweep_id)`` can finish a sweep
@@ -97,6 +101,7 @@ class Session:
         down_after: float = 5.0,
         failover_after: float = 30.0,
         give_up_after: float | None = 300.0,
+        on_missing_outputs: str = "rerun",
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -105,6 +110,8 @@ class Session:
         if progress not in _PROGRESS:
             raise ValueError(f"progress must be 'auto', 'widget', 'text' or False, not {progress!r}")
         self.progress = progress
+        if on_missing_outputs not in _wsoutputs.POLICIES:
+            raise ValueError(f"on_missing_outputs must be one of {_wsoutputs.POLICIES}, not {on_missing_outputs!r}")
         self.settings = Settings(
             retries=max(0, retries),
             backoff=backoff,
@@ -114,6 +121,7 @@ class Session:
             down_after=down_after,
             failover_after=failover_after,
             give_up_after=give_up_after,
+            on_missing_outputs=on_missing_outputs,
         )
         self.events: collections.deque = collections.deque(maxlen=max_events)
         self.simulator: Any = None  # set by Session.simulated(): the first simulator
