@@ -508,6 +508,7 @@ def media_nodes(input_dir: Path | None) -> list[NodeClass]:
                 output_node=True,
                 python_module=video,
                 v3=True,
+                experimental=True,
             ),
             _save_webm,
         ),

@@ -191,6 +191,7 @@ def _info(
     python_module: str = "nodes",
     output_tooltips: list[str] | None = None,
     v3: bool = False,
+    experimental: bool = False,
 ) -> dict:
     """An /object_info entry as server.py builds it (V1 nodes) or as V3 schemas serialise."""
     inputs = {"required": required}
@@ -211,14 +212,10 @@ def _info(
         "category": category,
         "output_node": output_node,
     }
-    if v3:
-        info = {"input": info.pop("input"), "input_order": info.pop("input_order"), "is_input_list": False, **info}
-        info.update(
-            output_tooltips=output_tooltips or [None] * len(output),
-            deprecated=False,
-            experimental=False,
-            api_node=False,
-        )
+    if v3:  # keys in the order of ComfyUI 0.8.0's V3 schemas (see the recorded /object_info)
+        head = {k: info.pop(k) for k in ("input", "input_order", "output", "output_is_list", "output_name")}
+        tooltips = {"output_tooltips": output_tooltips or [None] * len(output), "output_matchtypes": None}
+        info = {**head, **tooltips, **info, "deprecated": False, "experimental": experimental, "api_node": False}
     elif output_tooltips:
         info["output_tooltips"] = output_tooltips
     return info

@@ -1,0 +1,357 @@
+"""Outputs of every kind, end to end over the simulator: videos, audio, animations, texts, latents,
+VideoHelperSuite's ``gifs``, and SaveImageWebsocket images (including a socket that drops mid-node)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+from pathlib import Path
+
+import av
+import pytest
+from core.conftest import FAST, WAIT
+from PIL import Image, ImageStat
+
+from comfynb import ComfyError, OutputsMissing, Session, Workflow
+from comfynb.results import KINDS, FileRef, ImageRef, Result, kind_of
+from comfynb.sim.library import load_workflow
+from comfynb.sim.nodes import default_nodes
+
+REAL_INFO = Path("/work/shared/ui-workflows/object_info_0.8.0.json")
+SERVER = "http://127.0.0.1:8188"
+
+
+@pytest.fixture
+def session():
+    with Session.simulated(**FAST) as s:
+        yield s
+
+
+def frames_graph(n: int = 4, size: int = 64) -> dict:
+    """A deterministic batch of ``n`` distinct pictures (node "7"), ready to be fed to output nodes."""
+    wf = load_workflow("video_audio")
+    wf["5"]["inputs"].update(width=size, height=size, batch_size=n)
+    keep = ("1", "2", "3", "4", "5", "6", "7", "8")
+    return {k: v for k, v in wf.items() if k in keep}
+
+
+def run(session: Session, prompt: dict) -> Result:
+    return session.submit(Workflow.load(prompt)).result(WAIT)
+
+
+def decoded(data: bytes) -> tuple[int, int, float]:
+    """(video frames, audio samples, duration in s) of a media file, read back with PyAV."""
+    with av.open(io.BytesIO(data)) as c:
+        duration = (c.duration or 0) / 1_000_000
+        frames = sum(1 for _ in c.decode(video=0)) if c.streams.video else 0
+    with av.open(io.BytesIO(data)) as c:
+        samples = sum(f.samples for f in c.decode(audio=0)) if c.streams.audio else 0
+    return frames, samples, duration
+
+
+# -- kinds from history items ----------------------------------------------------------------------
+
+
+def test_kind_comes_from_format_then_animated_then_extension():
+    assert kind_of({"filename": "a.png", "format": "video/h264-mp4"}) == "video"
+    assert kind_of({"filename": "a.webp", "format": "image/webp"}) == "animated"
+    assert kind_of({"filename": "a.png", "format": "image/png"}) == "image"
+    assert kind_of({"filename": "a.mp4"}, animated=True) == "video"
+    assert kind_of({"filename": "a.png"}, animated=True) == "animated"
+    assert kind_of({"filename": "a.png"}) == "image"
+    assert kind_of({"filename": "a.flac"}) == "audio"
+    assert kind_of({"filename": "a.latent"}) == "latent"
+    assert kind_of({"filename": "a.glb"}) == "mesh"
+    assert kind_of({"filename": "weird.xyz"}, key="h3_video") == "other"
+    assert kind_of({"filename": "noext"}, key="audio") == "audio"
+
+
+def test_every_file_of_every_key_is_kept_with_its_kind():
+    outputs = {
+        "9": {"images": [{"filename": "v.mp4", "subfolder": "video", "type": "output"}], "animated": [True]},
+        "10": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}], "animated": [False]},
+        "11": {
+            "gifs": [
+                {"filename": "g.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4", "frame_rate": 8}
+            ]
+        },
+        "12": {"text": ["hello", 3], "audio": [{"filename": "a.flac", "subfolder": "audio", "type": "output"}]},
+        "13": {"latents": [{"filename": "l.latent", "subfolder": "latents", "type": "output"}]},
+        "14": {"3d": [{"filename": "m.glb", "subfolder": "mesh", "type": "output"}]},
+        "15": {"result": ["mesh/ComfyUI_00001_.glb", {"position": [1, 2, 3]}, None]},
+        "16": {"h3_video": [{"filename": "x.bin", "subfolder": "", "type": "temp"}], "custom": ["just text"]},
+        "17": {"result": ["preview.obj [temp]"]},
+    }
+    r = Result.from_history("p", {"outputs": outputs}, server=SERVER, fetcher=None)
+    got = [(f.node_id, f.key, f.subfolder, f.filename, f.type, f.kind) for f in r.files]
+    assert got == [
+        ("9", "images", "video", "v.mp4", "output", "video"),
+        ("10", "images", "", "p.png", "temp", "image"),
+        ("11", "gifs", "", "g.mp4", "output", "video"),
+        ("12", "audio", "audio", "a.flac", "output", "audio"),
+        ("13", "latents", "latents", "l.latent", "output", "latent"),
+        ("14", "3d", "mesh", "m.glb", "output", "mesh"),
+        ("15", "result", "mesh", "ComfyUI_00001_.glb", "output", "mesh"),
+        ("16", "h3_video", "", "x.bin", "temp", "other"),
+        ("17", "result", "", "preview.obj", "temp", "mesh"),
+    ]
+    assert [f.filename for f in r.images] == ["p.png"]
+    assert [f.filename for f in r.videos] == ["v.mp4", "g.mp4"]
+    assert r.videos[1].format == "video/h264-mp4" and r.videos[1].frame_rate == 8.0
+    assert [f.filename for f in r.audio] == ["a.flac"] and [f.filename for f in r.latents] == ["l.latent"]
+    assert [f.filename for f in r.meshes] == ["m.glb", "ComfyUI_00001_.glb", "preview.obj"]
+    assert r.texts == {"12": ["hello"]}
+    assert {f.kind for f in r.files} <= set(KINDS) and ImageRef is FileRef
+    with pytest.raises(TypeError, match="not an image"):
+        r.videos[0].image  # noqa: B018
+    with pytest.raises(ValueError, match="unknown kind"):
+        r.of_kind("movie")
+
+
+# -- the simulator's media nodes, through a session ------------------------------------------------
+
+
+def test_simulated_media_nodes_match_the_real_object_info():
+    real = json.loads(REAL_INFO.read_text())
+    nodes = default_nodes()
+    for name in (
+        "CreateVideo",
+        "SaveVideo",
+        "SaveWEBM",
+        "SaveAnimatedWEBP",
+        "SaveAnimatedPNG",
+        "PreviewAny",
+        "PrimitiveString",
+        "SaveLatent",
+        "LoadVideo",
+        "GetVideoComponents",
+    ):
+        assert json.loads(json.dumps(nodes[name].info)) == real[name], name
+    for name in ("SaveAudio", "PreviewAudio", "EmptyAudio", "LoadAudio", "VHS_VideoCombine", "SimSineWave"):
+        assert nodes[name].info["name"] == name
+    assert nodes["VHS_VideoCombine"].info["output"] == ["VHS_FILENAMES"]
+
+
+def test_video_audio_text_and_frames_from_one_prompt(session, tmp_path):
+    r = run(session, load_workflow("video_audio"))
+    assert r.status == "success" and not r.missing
+    (video,) = r.videos
+    (audio,) = r.audio
+    assert (video.key, video.subfolder, video.filename, video.mime) == (
+        "images",
+        "video",
+        "ComfyUI_00001_.mp4",
+        "video/mp4",
+    )
+    assert (audio.subfolder, audio.filename, audio.mime) == ("audio", "ComfyUI_00001_.flac", "audio/flac")
+    assert len(r.images) == 6 and all(f.subfolder == "frames" for f in r.images)
+    assert r.texts == {"12": ["a lighthouse at dusk, waves"]}
+    frames, samples, duration = decoded(video.data)
+    assert frames == 6 and samples > 0 and duration == pytest.approx(1.0, abs=0.2)
+    assert decoded(audio.data)[1] == 44100
+    assert video.first_frame.size == (128, 128)
+    still = ImageStat.Stat(r.images[0].image.convert("RGB")).mean
+    assert max(abs(a - b) for a, b in zip(ImageStat.Stat(video.first_frame).mean, still)) < 12  # lossy, same picture
+    saved = video.save(tmp_path)
+    assert saved == tmp_path / "video" / "ComfyUI_00001_.mp4" and saved.read_bytes() == video.data
+    fresh = Result.from_history(r.prompt_id, r.history, server=r.server, fetcher=video.fetcher).audio[0]
+    assert fresh.save(tmp_path / "tone.flac").read_bytes() == audio.data  # streamed: nothing cached before
+    assert "data" not in fresh._cache
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_every_output_node_of_the_simulator(session, tmp_path):
+    prompt = frames_graph(4)
+    prompt.update(
+        {
+            "20": {
+                "class_type": "SaveWEBM",
+                "inputs": {"images": ["7", 0], "filename_prefix": "w", "codec": "vp9", "fps": 8.0, "crf": 32.0},
+            },
+            "21": {
+                "class_type": "SaveAnimatedWEBP",
+                "inputs": {
+                    "images": ["7", 0],
+                    "filename_prefix": "a",
+                    "fps": 6.0,
+                    "lossless": False,
+                    "quality": 80,
+                    "method": "default",
+                },
+            },
+            "22": {
+                "class_type": "SaveAnimatedPNG",
+                "inputs": {"images": ["7", 0], "filename_prefix": "a", "fps": 6.0, "compress_level": 4},
+            },
+            "23": {"class_type": "PreviewAudio", "inputs": {"audio": ["8", 0]}},
+            "24": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/ComfyUI"}},
+            "25": {
+                "class_type": "VHS_VideoCombine",
+                "inputs": {
+                    "images": ["7", 0],
+                    "frame_rate": 8,
+                    "loop_count": 0,
+                    "filename_prefix": "AnimateDiff",
+                    "format": "video/h264-mp4",
+                    "pingpong": False,
+                    "save_output": True,
+                    "audio": ["8", 0],
+                },
+            },
+            "26": {
+                "class_type": "VHS_VideoCombine",
+                "inputs": {
+                    "images": ["7", 0],
+                    "frame_rate": 8,
+                    "loop_count": 0,
+                    "filename_prefix": "gif/x",
+                    "format": "image/gif",
+                    "pingpong": True,
+                    "save_output": False,
+                },
+            },
+            "27": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+            "28": {"class_type": "EmptyAudio", "inputs": {"duration": 0.25, "sample_rate": 8000, "channels": 2}},
+            "29": {"class_type": "SaveAudio", "inputs": {"audio": ["28", 0], "filename_prefix": "audio/silence"}},
+        }
+    )
+    r = run(session, prompt)
+    by_node = {f.node_id: f for f in r.files}
+    assert set(by_node) == {"20", "21", "22", "23", "24", "25", "26", "29"} and not r.images
+    assert (by_node["20"].kind, by_node["20"].filename) == ("video", "w_00001_.webm")
+    assert decoded(by_node["20"].data)[0] == 4
+    for node, ext in (("21", "WEBP"), ("22", "PNG")):
+        img = by_node[node].image
+        assert by_node[node].kind == "animated" and img.format == ext and img.n_frames == 4
+    assert (by_node["23"].kind, by_node["23"].type) == ("audio", "temp")
+    assert by_node["23"].filename.startswith("ComfyUI_temp_") and decoded(by_node["23"].data)[1] == 44100
+    latent = by_node["24"].data
+    header = json.loads(latent[8 : 8 + struct.unpack("<Q", latent[:8])[0]])
+    assert by_node["24"].kind == "latent" and header["latent_tensor"]["shape"] == [4, 4, 8, 8]
+    vhs = by_node["25"]
+    assert (vhs.kind, vhs.key, vhs.format, vhs.frame_rate, vhs.filename) == (
+        "video",
+        "gifs",
+        "video/h264-mp4",
+        8.0,
+        "AnimateDiff_00001.mp4",
+    )
+    item = r.outputs["25"]["gifs"][0]
+    assert item["workflow"] == "AnimateDiff_00001.png" and item["fullpath"].endswith("/output/AnimateDiff_00001.mp4")
+    assert decoded(vhs.data)[:2] > (3, 0)  # 4 frames and a sound track
+    gif = by_node["26"]
+    assert (gif.kind, gif.type, gif.subfolder) == ("animated", "temp", "gif") and gif.image.n_frames == 6  # pingpong
+    assert len(r.texts["27"]) == 1 and r.texts["27"][0].startswith("Latent(width=64, height=64, batch_size=4")
+    assert decoded(by_node["29"].data)[1] == 2000
+    for f in r.files:  # every kind saves, streamed, under the server's names
+        assert f.save(tmp_path).read_bytes() == f.data
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        f"{f.subfolder}/{f.filename}" if f.subfolder else f.filename for f in r.files
+    )
+
+
+def test_preview_any_renders_strings_numbers_and_json(session):
+    prompt = {
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "plain text"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+    }
+    r = run(session, prompt)
+    assert r.texts["2"] == ["plain text"] and list(r.texts) == ["2", "4"] and r.files == []
+
+
+def test_media_nodes_say_what_to_install_without_pyav(session, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kwargs):
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    prompt = frames_graph(2)
+    prompt["9"] = {"class_type": "SaveAudio", "inputs": {"audio": ["8", 0], "filename_prefix": "audio/x"}}
+    with pytest.raises(ComfyError, match=r"pip install 'comfynb\[media\]'"):
+        run(session, prompt)
+
+
+# -- SaveImageWebsocket ------------------------------------------------------------------------------
+
+
+def ws_prompt(n: int = 3) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": n, "color": 0x00FF00}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}},
+        "4": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
+
+
+def test_websocket_images_are_in_memory_refs_of_their_job_in_order(session, tmp_path):
+    jobs = [session.submit(Workflow.load(ws_prompt(n))) for n in (2, 3)]
+    for job, n in zip(jobs, (2, 3)):
+        r = job.result(WAIT)
+        assert not r.missing and job.attempts == 1
+        nodes = [f.node_id for f in r.images]
+        assert sorted(nodes) == ["3"] * n + ["4"] * n and nodes in (["3"] * n + ["4"] * n, ["4"] * n + ["3"] * n)
+        assert {(f.type, f.kind) for f in r.images} == {("websocket", "image")}
+        assert [f.filename.split("_")[-1] for f in r.images[:n]] == [f"{k:05}.png" for k in range(1, n + 1)]
+        colours = {f.node_id: f.image.convert("RGB").getpixel((0, 0)) for f in r.images}
+        assert colours == {"3": (255, 0, 255), "4": (0, 255, 0)}  # attributed to the right node
+        assert all(f.image.size == (32, 16) and f.url is None for f in r.images)
+        assert r.images[0].save(tmp_path / job.prompt_id).read_bytes() == r.images[0].data
+        with pytest.raises(ComfyError, match="upload it first"):
+            r.images[0].as_input()
+
+
+def _drop_while_ws_node_runs(policy: str):
+    """A job whose SaveImageWebsocket node runs for 0.6 s, with every socket dropped meanwhile."""
+    s = Session.simulated(node_times={"SaveImageWebsocket": 0.6}, on_missing_outputs=policy, **FAST)
+    job = s.submit(Workflow.load(load_workflow("ws_image")))
+    deadline = time.monotonic() + WAIT
+    while job.progress.node != "2" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert job.progress.node == "2"
+    s.simulator.drop_sockets()
+    return s, job
+
+
+def test_socket_dropped_during_websocket_node_reruns_the_prompt():
+    s, job = _drop_while_ws_node_runs("rerun")
+    with s:
+        r = job.result(WAIT)
+        assert job.attempts == 2 and not r.missing
+        assert [f.node_id for f in r.images] == ["2", "2"] and all(f.image.size == (64, 64) for f in r.images)
+        assert s.simulator.faults.counts["drop_sockets"] >= 1
+
+
+def test_socket_dropped_during_websocket_node_raises_when_asked():
+    s, job = _drop_while_ws_node_runs("raise")
+    with s:
+        with pytest.raises(OutputsMissing, match="SaveImageWebsocket node.s. 2 may be incomplete") as info:
+            job.result(WAIT)
+        assert job.attempts == 1 and job.status == "error"
+        assert list(info.value.result.missing) == ["2"] and info.value.result.status == "success"
+
+
+def test_socket_dropped_during_websocket_node_kept_says_what_may_be_missing():
+    s, job = _drop_while_ws_node_runs("keep")
+    with s:
+        r = job.result(WAIT)
+        assert job.attempts == 1 and list(r.missing) == ["2"] and "MAY BE MISSING" in repr(r)
+
+
+def test_missing_output_policy_is_checked():
+    with pytest.raises(ValueError, match="on_missing_outputs"):
+        Session("http://127.0.0.1:9", on_missing_outputs="retry")
+
+
+def test_a_picture_of_a_video_result_is_its_first_frame(session):
+    r = run(session, load_workflow("video_audio"))
+    first = r.videos[0].first_frame
+    assert isinstance(first, Image.Image) and first.mode == "RGB"
