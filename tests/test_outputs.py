@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import av
+import pandas as pd
 import pytest
 from core.conftest import FAST, WAIT
 from PIL import Image, ImageStat
@@ -355,3 +356,59 @@ def test_a_picture_of_a_video_result_is_its_first_frame(session):
     r = run(session, load_workflow("video_audio"))
     first = r.videos[0].first_frame
     assert isinstance(first, Image.Image) and first.mode == "RGB"
+
+
+# -- frames, sweeps, contact sheets ---------------------------------------------------------------
+
+
+def test_sweep_frame_has_a_column_per_kind_and_saves_every_kind(session, tmp_path):
+    wf = Workflow.load(load_workflow("video_audio"))
+    wf["Frames.batch_size"] = 3
+    wf["Frames.width"] = wf["Frames.height"] = 64
+    sweep = session.sweep(wf, grid={"Prompt.value": ["a red boat", "a green hill"], "KSampler.seed": [1, 2]})
+    df = sweep.result(WAIT)
+    assert list(df.columns[:2]) == ["Prompt.value", "KSampler.seed"] and (df.status == "success").all()
+    for column in ("images", "videos", "audio", "texts"):
+        assert column in df.columns
+    assert "animations" not in df.columns and "latents" not in df.columns  # only kinds that occur
+    assert [len(v) for v in df.videos] == [1] * 4 and [len(v) for v in df.images] == [3] * 4
+    assert all(v[0].endswith(".mp4&subfolder=video&type=output") for v in df.videos)
+    assert [list(t) for t in df.texts] == [["a red boat"], ["a red boat"], ["a green hill"], ["a green hill"]]
+    df.to_parquet(tmp_path / "frame.parquet")
+    back = pd.read_parquet(tmp_path / "frame.parquet")
+    assert [list(v) for v in back.videos] == [list(v) for v in df.videos]
+
+    out = sweep.save(tmp_path / "saved")
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "videos/00000.mp4" in names and "audio/00003.flac" in names and "texts/00001.txt" in names
+    assert "images/00002-2.png" in names and not any(n.endswith(".part") for n in names)
+    assert (out / "texts/00002.txt").read_text() == "a green hill"
+    assert decoded((out / "videos/00001.mp4").read_bytes())[0] == 3
+    saved = pd.read_parquet(out / "results.parquet")
+    assert list(saved.files[0]) == [
+        "images/00000.png",
+        "images/00000-1.png",
+        "images/00000-2.png",
+        "videos/00000.mp4",
+        "audio/00000.flac",
+        "texts/00000.txt",
+    ]
+    csv = pd.read_csv(out / "results.csv")
+    assert json.loads(csv.texts[3]) == ["a green hill"]
+
+    videos_only = df.assign(images=[[] for _ in range(len(df))])  # a sheet from first frames of videos
+    from comfynb.sweep import contact_sheet
+
+    sheet = contact_sheet(session, videos_only, "Prompt.value", "KSampler.seed", size=96)
+    grey = (221, 221, 221)  # the fill of a cell that could not show a picture
+    cells = [sheet.getpixel((x, y)) for x in (sheet.width - 48, sheet.width - 144) for y in (sheet.height - 48,)]
+    assert all(c != grey for c in cells)
+
+
+def test_websocket_images_are_saved_by_sweeps(session, tmp_path):
+    wf = Workflow.load(ws_prompt(2))
+    sweep = session.sweep(wf, grid={"1.color": [0xFF0000, 0x0000FF]})
+    out = sweep.save(tmp_path)
+    names = sorted(p.relative_to(out).as_posix() for p in (out / "images").iterdir())
+    assert names == [f"images/0000{i}-ws-{k}.png" for i in (0, 1) for k in (1, 2, 3, 4)]
+    assert Image.open(out / "images/00001-ws-1.png").size == (32, 16)
