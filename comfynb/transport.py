@@ -448,6 +448,31 @@ class Transport:
             await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY))
         raise AssertionError("unreachable")  # every path above returns or raises
 
+    async def view_small(self, filename: str, subfolder: str, type: str, limit: int) -> bytes | None:
+        """The file's bytes if it has at most ``limit`` bytes, else None (reading stops there):
+        a notebook inlines small media and points its players at ``/view`` for the rest."""
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        session = self._new_session() if self._closed else self._client()
+        error: Exception | None = None
+        try:
+            async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
+                if resp.status != 200:
+                    raise self._status_error("GET", "/view", resp.status, await resp.read())
+                if (resp.content_length or 0) > limit:
+                    return None
+                data = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > limit:
+                        return None
+                return bytes(data)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = self._connection_error(exc, "GET /view", 1)
+        finally:
+            if self._closed:
+                await session.close()
+        raise error  # not chained: aiohttp's exception holds the request headers
+
     async def upload_image(
         self,
         data: bytes,

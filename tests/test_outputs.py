@@ -412,3 +412,71 @@ def test_websocket_images_are_saved_by_sweeps(session, tmp_path):
     names = sorted(p.relative_to(out).as_posix() for p in (out / "images").iterdir())
     assert names == [f"images/0000{i}-ws-{k}.png" for i in (0, 1) for k in (1, 2, 3, 4)]
     assert Image.open(out / "images/00001-ws-1.png").size == (32, 16)
+
+
+# -- notebook display --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def formatter():
+    from IPython.core.formatters import DisplayFormatter
+
+    from comfynb.display import register
+
+    fmt = DisplayFormatter()
+    assert register(fmt)
+    return fmt
+
+
+def test_results_show_players_animations_and_text(session, formatter, monkeypatch):
+    import base64
+    import re
+
+    from comfynb import display
+
+    prompt = load_workflow("video_audio")
+    prompt["20"] = {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "images": ["7", 0],
+            "filename_prefix": "a",
+            "fps": 6.0,
+            "lossless": True,
+            "quality": 80,
+            "method": "default",
+        },
+    }
+    prompt["12"]["inputs"]["source"] = "<b>not bold</b>"
+    r = run(session, prompt)
+    html = formatter.format(r)[0]["text/html"]
+    videos = re.findall(r'<video controls[^>]*><source src="data:video/mp4;base64,([^"]+)"', html)
+    audios = re.findall(r'<audio controls[^>]*><source src="data:audio/flac;base64,([^"]+)"', html)
+    assert [base64.b64decode(v) for v in videos] == [r.videos[0].data]
+    assert [base64.b64decode(a) for a in audios] == [r.audio[0].data]
+    animation = re.search(r'<figure class="comfynb-animated"[^>]*><img src="data:image/webp;base64,([^"]+)"', html)
+    assert base64.b64decode(animation.group(1)) == r.animations[0].data  # the original file: it moves
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in html and "<b>not bold</b>" not in html
+    assert html.count('<img src="data:image/jpeg') == 6  # thumbnails of the still frames
+
+    monkeypatch.setattr(display, "INLINE_LIMIT", 100)  # larger files stream from /view
+    fresh = Result.from_history(r.prompt_id, r.history, server=r.server, fetcher=r.videos[0].fetcher)
+    html = formatter.format(fresh)[0]["text/html"]
+    src = re.search(r'<video controls[^>]*><source src="([^"]+)"', html).group(1)
+    assert src.replace("&amp;", "&") == fresh.videos[0].url and "data" not in fresh.videos[0]._cache
+    player = formatter.format(fresh.audio[0])[0]["text/html"]
+    assert "<audio controls" in player and fresh.audio[0].url.replace("&", "&amp;") in player
+    assert "text/html" not in formatter.format(fresh.images[0])[0]  # still images keep their PNG view
+
+
+def test_a_video_only_result_gets_first_frame_thumbnails(session):
+    from comfynb.display import thumbnail_refs, thumbnail_uri
+
+    prompt = frames_graph(3)
+    prompt["9"] = {"class_type": "CreateVideo", "inputs": {"images": ["7", 0], "fps": 6.0}}
+    prompt["10"] = {
+        "class_type": "SaveVideo",
+        "inputs": {"video": ["9", 0], "filename_prefix": "v", "format": "auto", "codec": "auto"},
+    }
+    r = run(session, prompt)
+    (ref,) = thumbnail_refs(r, 4)
+    assert ref.kind == "video" and thumbnail_uri(ref.data).startswith("data:image/jpeg;base64,")
