@@ -65,7 +65,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from . import wsoutputs
+from . import chaining, wsoutputs
 from .capabilities import read_capabilities
 from .errors import Cancelled, CapabilityError, ComfyError, JobLost
 from .results import Result
@@ -377,6 +377,7 @@ class Pool:
             if isinstance(able, CapabilityError):
                 self.drop(state, able)
                 continue
+            able = chaining.route(state.body["prompt"], able)  # where the files it reads are
             choices = [s for s in free if s in able]
             if not choices:
                 skipped.append(state)  # its servers are busy or down; later jobs may still go

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from . import wsoutputs
+from . import chaining, wsoutputs
 from .connection import Connection
 from .errors import (
     ComfyError,
@@ -250,6 +250,8 @@ class Server:
             except TimeoutError:
                 pass  # post anyway: reconciliation finds the job when the socket is back
             if state.done:  # cancelled while waiting
+                return
+            if not await chaining.localize(self, state):  # files of other servers' outputs copied here
                 return
             reply = await self._post(state)
         except ComfyError as exc:

@@ -38,6 +38,7 @@ from .journal import Journal
 from .pool import Pool
 from .server import DOWN, UP
 from .settings import Settings
+from .results import FileRef, InputName
 from .tracker import CANCELLED, ERROR, PromptState
 from .transport import Timeouts, Transport
 from .workflow import Workflow
@@ -314,15 +315,48 @@ class Session:
         """Finish a sweep recorded in this session's journal: see :func:`comfynb.sweep.resume`."""
         return self._announce(_sweep.resume(self, sweep_id))
 
-    def upload(self, image: Any) -> str:
-        """Send an input image (PIL image, path or bytes) unless already sent; the name for a LoadImage input."""
-        return _loop.run_sync(self._upload(image))
+    def upload(self, file: Any) -> str:
+        """Send an input file to every server unless already sent; the name for a loader input.
 
-    async def aupload(self, image: Any) -> str:
-        return await _loop.run_async(self._upload(image))
+        ``file``: a PIL image, a path (images, videos, audio: its extension is kept), bytes (images,
+        or video/audio recognised by their first bytes), or an output ``FileRef`` of an earlier job.
+        """
+        return _loop.run_sync(self._upload(file))
 
-    async def _upload(self, image: Any) -> str:
-        return (await _sweep.upload_everywhere(self, [image]))[id(image)]
+    async def aupload(self, file: Any) -> str:
+        return await _loop.run_async(self._upload(file))
+
+    async def _upload(self, file: Any) -> str:
+        return (await _sweep.upload_everywhere(self, [file]))[id(file)]
+
+    def upload_mask(self, mask: Any, original: Any) -> str:
+        """Paint ``mask`` onto ``original`` through ``/upload/mask``; the name for a LoadImage input
+        whose MASK output is then the mask.
+
+        ``mask``: an ``L`` image or 2-D array (white / 1.0 = masked), an RGBA image (its alpha, as in
+        ComfyUI's mask editor: transparent = masked), or a path or PNG bytes of one. ``original``:
+        an output ``FileRef`` (sent to its server) or a name returned by :meth:`upload` (sent to
+        every server, which all hold it).
+        """
+        return _loop.run_sync(self._upload_mask(mask, original))
+
+    async def aupload_mask(self, mask: Any, original: Any) -> str:
+        return await _loop.run_async(self._upload_mask(mask, original))
+
+    async def _upload_mask(self, mask: Any, original: Any) -> str:
+        await self._ready()
+        data, ref = _sweep.mask_payload(mask), _sweep.original_ref(original)
+        holder = getattr(original, "server", None)
+        servers = [s for s in self._pool.up() if holder is None or s.url == holder]
+        if not servers:
+            raise ComfyError(f"the server holding {ref['filename']} ({holder}) is not up in this session")
+        names = [await _sweep.upload_mask(s.transport, data, ref) for s in servers]
+        if holder is None:
+            return names[0]
+        # only the holder has it: a name that routes jobs there (or is copied to where they run)
+        sub, _, filename = names[0].rpartition("/")
+        copy = FileRef(filename, sub, "input", "", holder, servers[0].transport.view)
+        return InputName(names[0], server=holder, ref=copy)
 
     def history_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
         """The results frame rebuilt from the servers' history alone (works in a new process): every
