@@ -318,13 +318,14 @@ def player_html(ref: FileRef, src: str) -> str:
     """One output shown as itself: ``<video controls>``, ``<audio controls>``, an animated
     ``<img>``, or a link for files a browser cannot show (latents, meshes...)."""
     name = esc(f"{ref.subfolder}/{ref.filename}" if ref.subfolder else ref.filename)
+    preload = "auto" if src.startswith("data:") else "metadata"  # embedded: show the first frame at once
     if ref.kind == "video":
         body = (
-            f'<video controls loop muted playsinline preload="metadata" style="max-width:{PLAYER}px" '
+            f'<video controls playsinline preload="{preload}" style="max-width:{PLAYER}px" '
             f'title="{name}"><source src="{esc(src)}" type="{esc(ref.mime)}"></video>'
         )
     elif ref.kind == "audio":
-        body = f'<audio controls preload="metadata" title="{name}"><source src="{esc(src)}" type="{esc(ref.mime)}"></audio>'
+        body = f'<audio controls preload="{preload}" title="{name}"><source src="{esc(src)}" type="{esc(ref.mime)}"></audio>'
     elif ref.kind in ("animated", "image"):
         body = f'<img src="{esc(src)}" style="max-width:{PLAYER}px" title="{name}">'
     else:
