@@ -36,9 +36,9 @@ from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
 from .pool import Pool
+from .results import FileRef, InputName
 from .server import DOWN, UP
 from .settings import Settings
-from .results import FileRef, InputName
 from .tracker import CANCELLED, ERROR, PromptState
 from .transport import Timeouts, Transport
 from .workflow import Workflow

@@ -100,9 +100,14 @@ def take(state: PromptState, preview: Any, running_node: str | None) -> bool:
 
 
 def attach(result: Result, state: PromptState, server: str) -> Result:
-    """The result with its WebSocket images (in arrival order) and what may be missing."""
+    """The result with its WebSocket images (in arrival order) and what may be missing. A job
+    this process did not follow (adopted by ``resume``) saw none of them: all are in doubt."""
     capture = state.ws if state.ws is not None else _capture(state)
-    if capture is None or not capture.nodes:
+    if capture is None:
+        prompt = result.history.get("prompt") if isinstance(result.history, dict) else None
+        graph = prompt[2] if isinstance(prompt, list) and len(prompt) > 2 else None
+        capture = Capture(ws_nodes(graph))
+    if not capture.nodes:
         return result
     counts: dict[str, int] = {}
     refs = []
