@@ -480,3 +480,23 @@ def test_a_video_only_result_gets_first_frame_thumbnails(session):
     r = run(session, prompt)
     (ref,) = thumbnail_refs(r, 4)
     assert ref.kind == "video" and thumbnail_uri(ref.data).startswith("data:image/jpeg;base64,")
+
+
+def test_websocket_outputs_of_a_job_followed_by_another_process_are_in_doubt():
+    from comfynb import _loop
+
+    with Session.simulated(**FAST) as first:
+        done = first.submit(Workflow.load(load_workflow("ws_image"))).result(WAIT)
+        assert len(done.images) == 2 and not done.missing
+        for policy, prompt, attempts, images in (("rerun", None, 1, 0), ("rerun", load_workflow("ws_image"), 2, 2)):
+            with Session(first.simulator.url, on_missing_outputs=policy, **FAST) as later:
+
+                async def adopt(later=later, prompt=prompt):
+                    return later._adopt(
+                        done.prompt_id, server=later._servers[0].url, prompt=prompt, tags=None, attempts=1
+                    )
+
+                job = _loop.run_sync(adopt())
+                r = job.result(WAIT)
+                assert job.attempts == attempts and len(r.images) == images
+                assert list(r.missing) == ([] if images else ["2"])  # rerun when the prompt is known
