@@ -310,9 +310,9 @@ def test_websocket_images_are_in_memory_refs_of_their_job_in_order(session, tmp_
             r.images[0].as_input()
 
 
-def _drop_while_ws_node_runs(policy: str):
+def _drop_while_ws_node_runs(policy: str, **options):
     """A job whose SaveImageWebsocket node runs for 0.6 s, with every socket dropped meanwhile."""
-    s = Session.simulated(node_times={"SaveImageWebsocket": 0.6}, on_missing_outputs=policy, **FAST)
+    s = Session.simulated(node_times={"SaveImageWebsocket": 0.6}, on_missing_outputs=policy, **FAST, **options)
     job = s.submit(Workflow.load(load_workflow("ws_image")))
     deadline = time.monotonic() + WAIT
     while job.progress.node != "2" and time.monotonic() < deadline:
@@ -338,6 +338,14 @@ def test_socket_dropped_during_websocket_node_raises_when_asked():
             job.result(WAIT)
         assert job.attempts == 1 and job.status == "error"
         assert list(info.value.result.missing) == ["2"] and info.value.result.status == "success"
+
+
+def test_a_rerun_needs_an_attempt_left():
+    s, job = _drop_while_ws_node_runs("rerun", max_attempts=1)
+    with s:
+        with pytest.raises(OutputsMissing, match=r"1 submission\(s\); on_missing_outputs='rerun'"):
+            job.result(WAIT)
+        assert job.attempts == 1
 
 
 def test_socket_dropped_during_websocket_node_kept_says_what_may_be_missing():
