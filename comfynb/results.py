@@ -284,7 +284,7 @@ class InputName(str):
     server: str
     ref: FileRef | None
 
-    def __new__(cls, value: str, *, server: str, ref: FileRef | None = None) -> InputName:
+    def __new__(cls, value: str, *, server: str = "", ref: FileRef | None = None) -> InputName:
         self = super().__new__(cls, value)
         self.server, self.ref = server, ref
         return self
