@@ -273,6 +273,8 @@ def _json(value: Any) -> Any:
     """Plain JSON data (numpy scalars, tuples converted): plans go into tags and the journal."""
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, FileRef):  # an earlier job's output: "sub/name.png [output]", remembering its server
+        return value.as_input()
     if isinstance(value, (list, tuple)):
         return [_json(v) for v in value]
     if isinstance(value, Mapping):

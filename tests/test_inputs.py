@@ -162,6 +162,30 @@ def test_an_output_ref_is_an_input_of_the_next_job(session):
     assert count_frames(session.submit(again).result(WAIT).videos[0].data) == 3
 
 
+def test_a_sweep_over_earlier_outputs(session):
+    colours = run(
+        session,
+        {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 0x0000FF}},
+            "2": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["3", 0]}},
+            "3": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 0x00FF00}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "palette"}},
+        },
+    ).images
+    wf = Workflow.load(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
+        }
+    )
+    sweep = session.sweep(wf, grid={"LoadImage.image": colours})
+    frame = sweep.result(WAIT)
+    assert list(frame["LoadImage.image"]) == ["palette_00001_.png [output]", "palette_00002_.png [output]"]
+    pixels = [job.result().images[0].image.convert("RGB").getpixel((0, 0)) for job in sweep.jobs]
+    assert pixels == [(255, 255, 0), (255, 0, 255)]
+
+
 @pytest.fixture
 def two_servers():
     """Two simulators with different checkpoints, so a workflow can be pinned to either."""
