@@ -508,3 +508,15 @@ def test_websocket_outputs_of_a_job_followed_by_another_process_are_in_doubt():
                 r = job.result(WAIT)
                 assert job.attempts == attempts and len(r.images) == images
                 assert list(r.missing) == ([] if images else ["2"])  # rerun when the prompt is known
+
+
+def test_the_command_line_saves_and_counts_every_kind(tmp_path, capsys):
+    from comfynb.cli import main
+
+    workflow = Path(__file__).resolve().parents[1] / "comfynb" / "sim" / "workflows" / "video_audio.json"
+    assert main(["run", str(workflow), "--simulate", "--grid", "KSampler.seed=1,2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "images/ (12 files), videos/ (2 files), audio/ (2 files), texts/ (2 files)" in out
+    header = next(line for line in out.splitlines() if line.strip().startswith("KSampler.seed"))
+    assert header.split() == ["KSampler.seed", "status", "run_time", "images", "videos", "audio", "texts"]
+    assert decoded((tmp_path / "videos" / "00001.mp4").read_bytes())[0] == 6
