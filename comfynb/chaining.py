@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ComfyError
 from .results import InputName
-
-if TYPE_CHECKING:
-    from .server import Server
-    from .tracker import PromptState
+from .uploads import upload
 
 log = logging.getLogger("comfynb.session")
 
@@ -35,7 +32,7 @@ def input_names(prompt: Any) -> Iterator[tuple[str, str, InputName]]:
                 yield nid, name, value
 
 
-def route(prompt: Any, able: list[Server]) -> list[Server]:
+def route(prompt: Any, able: list[Any]) -> list[Any]:
     """The servers a prompt should go to: the one holding the files it reads, if it is up and
     among ``able``; otherwise ``able`` unchanged (the files are copied where the job runs)."""
     holders = {value.server for _, _, value in input_names(prompt)}
@@ -46,17 +43,15 @@ def route(prompt: Any, able: list[Server]) -> list[Server]:
     return chosen or able
 
 
-async def localize(server: Server, state: PromptState) -> bool:
+async def localize(server: Any, state: Any) -> bool:
     """Copy the files the prompt reads from other servers into ``server``'s input folder and point
     the inputs at the copies (on the job's own copy of the graph). False if that failed: the job
     then ended with an error saying which file could not be brought over."""
     prompt = state.body["prompt"] if state.body else None
     foreign = [(nid, name, value) for nid, name, value in input_names(prompt) if value.server != server.url]
-    if not foreign:
+    if not foreign or prompt is None:
         return True
     prompt = dict(prompt)  # nodes may be shared with a sweep's other rows: copy what changes
-    from .sweep import upload  # sweeps sit above this module; uploads live there
-
     for nid, name, value in foreign:
         if value.ref is None:
             error = ComfyError(f"{value} is on {value.server}, and comfynb does not know how to fetch it from there")

@@ -337,7 +337,7 @@ def first_frame(data: bytes):
     except ImportError:
         raise ComfyError("decoding a video's first frame needs PyAV: pip install 'comfynb[media]'") from None
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), "r") as container:
             for frame in container.decode(video=0):
                 return frame.to_image()
     except (av.error.FFmpegError, ValueError, IndexError) as exc:

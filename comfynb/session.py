@@ -31,6 +31,7 @@ import yarl
 from . import _loop
 from . import frames as _frames
 from . import sweep as _sweep
+from . import uploads as _uploads
 from . import wsoutputs as _wsoutputs
 from .errors import Cancelled, ComfyError
 from .jobs import Job
@@ -345,12 +346,12 @@ class Session:
 
     async def _upload_mask(self, mask: Any, original: Any) -> str:
         await self._ready()
-        data, ref = _sweep.mask_payload(mask), _sweep.original_ref(original)
+        data, ref = _uploads.mask_payload(mask), _uploads.original_ref(original)
         holder = getattr(original, "server", None)
         servers = [s for s in self._pool.up() if holder is None or s.url == holder]
         if not servers:
             raise ComfyError(f"the server holding {ref['filename']} ({holder}) is not up in this session")
-        names = [await _sweep.upload_mask(s.transport, data, ref) for s in servers]
+        names = [await _uploads.upload_mask(s.transport, data, ref) for s in servers]
         if holder is None:
             return names[0]
         # only the holder has it: a name that routes jobs there (or is copied to where they run)

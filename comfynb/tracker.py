@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import wsoutputs
+from . import wscapture
 
 PENDING = "pending"
 QUEUED = "queued"
@@ -91,7 +91,7 @@ class PromptState:
         self.outcome: str | None = None  # from execution_success / _error / _interrupted
         self.outcome_data: dict | None = None
         self.outputs: dict[str, dict] = {}  # node id -> UI output from `executed`
-        self.ws: Any = None  # wsoutputs.Capture: SaveImageWebsocket frames of this run
+        self.ws: Any = None  # wscapture.Capture: SaveImageWebsocket frames of this run
         self._nodes_done: set[str] = set()
         self.progress = Progress(nodes_total=self.progress.nodes_total)
 
@@ -191,7 +191,7 @@ class Tracker:
         state.last_event = kind
         state.last_event_at = time.time()
         data = event.data
-        wsoutputs.observe(state, event, self.epoch)
+        wscapture.observe(state, event, self.epoch)
         if event.done:
             self._completed(state)
             return
@@ -237,7 +237,7 @@ class Tracker:
             self.foreign += 1
         elif not state.done:
             state.latest_preview = preview
-            wsoutputs.take(state, preview, state.progress.node)
+            wscapture.take(state, preview, state.progress.node)
 
     def _status(self, remaining: int | None) -> None:
         if remaining is None:

@@ -9,21 +9,19 @@ session's ``on_missing_outputs`` decides: run the prompt again (``"rerun"``, cou
 ``attempts``), raise :class:`~comfynb.errors.OutputsMissing` (``"raise"``), or keep the result
 as it is with ``result.missing`` filled (``"keep"``).
 
-The tracker, server and pool call in here through small hooks (``observe``, ``take``, ``attach``,
-``settle_missing``); all of it runs on the private loop.
+The tracker records frames and node starts and ends (:mod:`comfynb.wscapture`); the server
+attaches the frames to the result (``attach``) and the pool applies the policy before it settles
+a success (``settle_missing``). All of it runs on the private loop.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import OutputsMissing
 from .results import FileRef, Result
+from .wscapture import Capture, capture_of, ws_nodes
 
-if TYPE_CHECKING:
-    from .tracker import PromptState
-
-WS_CLASSES = frozenset({"SaveImageWebsocket"})
 POLICIES = ("rerun", "raise", "keep")
 _MISSING = (
     "our WebSocket was not connected for the whole time this node ran, so some of its images may not have "
@@ -32,77 +30,10 @@ _MISSING = (
 _MIME_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
-class Capture:
-    """What one run of a prompt sent over the socket for its WebSocket output nodes."""
-
-    __slots__ = ("done", "frames", "nodes", "started")
-
-    def __init__(self, nodes: frozenset[str]):
-        self.nodes = nodes  # the prompt's SaveImageWebsocket node ids
-        self.started: dict[str, int] = {}  # node -> socket epoch in which it started
-        self.done: set[str] = set()  # nodes seen from start to finish on one socket
-        self.frames: list[tuple[str, bytes, str]] = []  # (node, image bytes, mime), in arrival order
-
-
-def ws_nodes(prompt: Any) -> frozenset[str]:
-    """Ids of the nodes whose outputs travel only over the WebSocket."""
-    if not isinstance(prompt, dict):
-        return frozenset()
-    return frozenset(
-        str(nid) for nid, node in prompt.items() if isinstance(node, dict) and node.get("class_type") in WS_CLASSES
-    )
-
-
-def _capture(state: PromptState) -> Capture | None:
-    if state.ws is None:
-        if state.body is None:
-            return None
-        state.ws = Capture(ws_nodes(state.body.get("prompt")))
-    return state.ws if state.ws.nodes else None
-
-
-def observe(state: PromptState, event: Any, epoch: int) -> None:
-    """Follow the start and end of WebSocket output nodes (tracker hook, for every event of ours)."""
-    capture = _capture(state)
-    if capture is None:
-        return
-    data = event.data
-    if event.type == "executing":
-        node = data.get("node")
-        for other, started in list(capture.started.items()):
-            if other != node and other not in capture.done and started == epoch:
-                capture.done.add(other)  # the next node starts: the previous one has finished
-        if node in capture.nodes and node not in capture.started:
-            capture.started[node] = epoch
-    elif event.type == "progress_state":
-        nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
-        for node, info in nodes.items():
-            finished = isinstance(info, dict) and info.get("state") == "finished"
-            if finished and capture.started.get(node) == epoch:
-                capture.done.add(node)
-    elif event.type in ("executed", "execution_success"):
-        node = data.get("node")
-        for other, started in capture.started.items():
-            if started == epoch and (other == node or event.type == "execution_success"):
-                capture.done.add(other)
-
-
-def take(state: PromptState, preview: Any, running_node: str | None) -> bool:
-    """Keep a frame if it is a WebSocket output (tracker hook, for every preview of ours)."""
-    capture = _capture(state)
-    if capture is None:
-        return False
-    node = preview.node_id or running_node
-    if node not in capture.nodes:
-        return False
-    capture.frames.append((node, preview.image, preview.mime))
-    return True
-
-
-def attach(result: Result, state: PromptState, server: str) -> Result:
+def attach(result: Result, state: Any, server: str) -> Result:
     """The result with its WebSocket images (in arrival order) and what may be missing. A job
     this process did not follow (adopted by ``resume``) saw none of them: all are in doubt."""
-    capture = state.ws if state.ws is not None else _capture(state)
+    capture = state.ws if state.ws is not None else capture_of(state)
     if capture is None:
         prompt = result.history.get("prompt") if isinstance(result.history, dict) else None
         graph = prompt[2] if isinstance(prompt, list) and len(prompt) > 2 else None
@@ -120,7 +51,7 @@ def attach(result: Result, state: PromptState, server: str) -> Result:
     return result.with_websocket_images(refs, missing)
 
 
-def _dropped(state: PromptState) -> set[str]:
+def _dropped(state: Any) -> set[str]:
     """Nodes the server did not run because validation dropped their outputs (``node_errors``)."""
     dropped: set[str] = set()
     for nid, entry in (state.node_errors or {}).items():
@@ -130,7 +61,7 @@ def _dropped(state: PromptState) -> set[str]:
     return dropped
 
 
-def settle_missing(pool: Any, server: Any, state: PromptState, result: Result | None) -> bool:
+def settle_missing(pool: Any, server: Any, state: Any, result: Result | None) -> bool:
     """For a success whose WebSocket outputs may be incomplete: run it again or fail it, as
     ``settings.on_missing_outputs`` says (pool hook, before it settles a success). True if that was
     done. A job adopted without its prompt (it ended in an earlier process) keeps its result, with

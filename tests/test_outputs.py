@@ -18,7 +18,7 @@ from PIL import Image, ImageStat
 from comfynb import ComfyError, OutputsMissing, Session, Workflow
 from comfynb.results import KINDS, FileRef, ImageRef, Result, kind_of
 from comfynb.sim.library import load_workflow
-from comfynb.sim.nodes import default_nodes
+from comfynb.sim.media import all_nodes
 
 REAL_INFO = Path("/work/shared/ui-workflows/object_info_0.8.0.json")
 SERVER = "http://127.0.0.1:8188"
@@ -116,7 +116,7 @@ def test_every_file_of_every_key_is_kept_with_its_kind():
 
 def test_simulated_media_nodes_match_the_real_object_info():
     real = json.loads(REAL_INFO.read_text())
-    nodes = default_nodes()
+    nodes = all_nodes()
     for name in (
         "CreateVideo",
         "SaveVideo",

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .images import ImageBatch
-from .nodes import ExecContext, Latent, NodeClass, NodeResult, _info, _png_text
+from .nodes import ExecContext, Latent, NodeClass, NodeResult, _info, _input_file, _png_text, default_nodes
 
 _HIDDEN = {"prompt": ["PROMPT"], "extra_pnginfo": ["EXTRA_PNGINFO"]}
 _VHS_MODULE = "custom_nodes.ComfyUI-VideoHelperSuite"
@@ -106,7 +106,7 @@ def encode_video(
         for frame in frames:
             out.mux(stream.encode(av.VideoFrame.from_image(frame)))
         out.mux(stream.encode())
-        if audio_stream is not None:
+        if audio_stream is not None and video.audio is not None:
             _mux_audio(av, out, audio_stream, video.audio)
 
 
@@ -387,8 +387,6 @@ class _Listing(NodeClass):
 
 
 def _loader(name: str, display: str, category: str, field_name: str, upload: str, output: str, run, input_dir, major):
-    from .nodes import _input_file
-
     def validate(inputs: dict) -> bool | str:
         value = str(inputs[field_name])
         if input_dir is None or _input_file(input_dir, value) is not None:
@@ -435,8 +433,15 @@ _PREFIX_TIP = (
 )
 
 
+def all_nodes(checkpoints: list[str] | None = None, input_dir: str | Path | None = None) -> dict[str, NodeClass]:
+    """Every node class the simulator serves: :func:`~comfynb.sim.nodes.default_nodes` (images,
+    SD-shaped graph) and the media nodes of this module."""
+    media = media_nodes(Path(input_dir) if input_dir is not None else None)
+    return {**default_nodes(checkpoints, input_dir), **{c.name: c for c in media}}
+
+
 def media_nodes(input_dir: Path | None) -> list[NodeClass]:
-    """The media node classes, for :func:`comfynb.sim.nodes.default_nodes`."""
+    """The video, audio, text and latent node classes (see :func:`all_nodes`)."""
     video, images = "comfy_extras.nodes_video", "comfy_extras.nodes_images"
     audio_module = "comfy_extras.nodes_audio"
     return [

@@ -178,7 +178,7 @@ class Latent:
 
 def _info(
     name: str,
-    display_name: str,
+    display_name: str | None,
     category: str,
     required: dict,
     *,
@@ -808,7 +808,4 @@ def default_nodes(checkpoints: list[str] | None = None, input_dir: str | Path | 
             _vae_decode,
         ),
     ]
-    from .media import media_nodes  # video, audio, text, latent nodes (they import this module)
-
-    classes += media_nodes(Path(input_dir) if input_dir is not None else None)
     return {c.name: c for c in classes}
