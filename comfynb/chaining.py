@@ -66,7 +66,14 @@ async def localize(server: Any, state: Any) -> bool:
             )
             server.end(state, "error", error=error)
             return False
-        log.info("copied %s from %s to %s for prompt %s", value, value.server, server.url, state.prompt_id)
+        log.info(
+            "copied %s from %s to %s for prompt %s",
+            value,
+            value.server,
+            server.url,
+            state.prompt_id,
+            extra={"prompt_id": state.prompt_id, "server": server.url},
+        )
         node = prompt[nid] = {**prompt[nid], "inputs": {**prompt[nid]["inputs"]}}
         node["inputs"][name] = InputName(copied, server=server.url, ref=value.ref)
     state.body = {**state.body, "prompt": prompt}
