@@ -361,9 +361,13 @@ def test_missing_output_policy_is_checked():
 
 
 def test_a_picture_of_a_video_result_is_its_first_frame(session):
+    from comfynb.results import first_frame
+
     r = run(session, load_workflow("video_audio"))
     first = r.videos[0].first_frame
     assert isinstance(first, Image.Image) and first.mode == "RGB"
+    with pytest.raises(ComfyError, match="not an image or video that can be decoded"):
+        first_frame(b"neither a picture nor a video" * 10)
 
 
 # -- frames, sweeps, contact sheets ---------------------------------------------------------------
