@@ -7,7 +7,7 @@ from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .jobs import Job, as_completed
 from .progress import progress
-from .results import ImageRef, Result
+from .results import FileRef, ImageRef, Result
 from .session import Session
 from .transport import Timeouts
 from .workflow import Workflow
@@ -15,4 +15,15 @@ from .workflow import Workflow
 _display.register()
 
 __version__ = "0.1.0"
-__all__ = [*_errors_all, "ImageRef", "Job", "Result", "Session", "Timeouts", "Workflow", "as_completed", "progress"]
+__all__ = [
+    *_errors_all,
+    "FileRef",
+    "ImageRef",
+    "Job",
+    "Result",
+    "Session",
+    "Timeouts",
+    "Workflow",
+    "as_completed",
+    "progress",
+]

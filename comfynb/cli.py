@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ComfyError, Timeout, WorkflowError
-from .frames import COLUMNS, history_frame
+from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, history_frame
 from .session import Session
 from .sweep import make_plan
 from .workflow import Workflow
@@ -79,14 +79,20 @@ def _axis(text: str) -> tuple[str, list]:
 
 
 def _table(frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
-    """A short text table: parameters, ``extra`` columns, status, run time, image count, errors."""
-    params = [c for c in frame.columns if c not in COLUMNS]
+    """A short text table: parameters, ``extra`` columns, status, run time, file counts per kind, errors."""
+    params = [c for c in frame.columns if c not in COLUMNS and c not in MEDIA_COLUMNS]
     shown = frame[[*params, *extra, "status"]].copy()
     shown["run_time"] = frame["run_time"].round(2)
-    shown["images"] = frame["images"].map(len)
+    for column in _file_columns(frame):
+        shown[column] = frame[column].map(len)
     if frame["error"].notna().any():
         shown["error"] = frame["error"].fillna("").str.replace(r"\s+", " ", regex=True).str.slice(0, 100)
     return shown.to_string(index=False)
+
+
+def _file_columns(frame: pd.DataFrame) -> list[str]:
+    """The frame's output columns: ``images`` and whichever other kinds (and ``texts``) occur."""
+    return [c for c in (*KIND_COLUMNS.values(), "texts") if c in frame.columns]
 
 
 def _sweep(
@@ -115,7 +121,11 @@ def _sweep(
         sweep.save(out)
     for note in notes:
         print(f"note: {note.message}", file=sys.stderr)
-    written = [f"images/ ({int(frame['images'].map(len).sum())} files)"]
+    written = [
+        f"{column}/ ({int(frame[column].map(len).sum())} files)"
+        for column in _file_columns(frame)
+        if column == "images" or frame[column].map(len).sum()
+    ]
     if len(grid) >= 2:
         x, y = list(grid)[:2]
         sweep.contact_sheet(x, y, size=160).save(out / "contact_sheet.png")
@@ -196,7 +206,10 @@ def history(args: argparse.Namespace) -> int:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
-        frame.assign(images=frame["images"].map(" ".join)).to_csv(out, index=False)
+        joined = {c: frame[c].map(" ".join) for c in _file_columns(frame) if c != "texts"}
+        if "texts" in frame.columns:
+            joined["texts"] = frame["texts"].map(json.dumps)
+        frame.assign(**joined).to_csv(out, index=False)
     else:
         try:
             frame.to_parquet(out, index=False)

@@ -27,7 +27,7 @@ from typing import Any
 from . import _loop
 from .errors import ComfyError, ExecutionError, ValidationError
 from .jobs import Job
-from .results import ImageRef, Result
+from .results import IN_MEMORY, FileRef, ImageRef, Result, first_frame
 from .sweep import Sweep
 from .tracker import TERMINAL
 
@@ -43,6 +43,8 @@ COLOURS = {
 }
 FAILED = frozenset(TERMINAL - {"success"})
 THUMBNAIL = 192  # pixels, longest side
+INLINE_LIMIT = 4 << 20  # bytes: smaller media are embedded (the notebook keeps them), larger ones stream from /view
+PLAYER = 320  # pixels: the width of video players and animations
 FETCH_TIMEOUT = 15.0  # seconds a display may wait for images before listing their names instead
 _MAX_ROWS = 10  # node errors / failed jobs listed in one table
 
@@ -90,12 +92,17 @@ async def fetch_images(refs: Iterable[ImageRef]) -> list[bytes | BaseException]:
     return await asyncio.gather(*(ref.fetch() for ref in refs), return_exceptions=True)
 
 
-def thumbnail_uri(data: bytes, size: int = THUMBNAIL) -> str | None:
-    """A small JPEG data URI of an image, or None if the bytes are not a picture Pillow reads."""
-    from PIL import Image
+def thumbnail_refs(result: Result, limit: int) -> list[FileRef]:
+    """What a thumbnail strip shows of a result: its still images, else its animations or videos
+    (whose first frame :func:`thumbnail_uri` draws)."""
+    return (result.images or result.animations or result.videos)[:limit]
 
+
+def thumbnail_uri(data: bytes, size: int = THUMBNAIL) -> str | None:
+    """A small JPEG data URI of an image (or of the first frame of an animation or video), or None
+    if the bytes are no picture Pillow or PyAV can read."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = first_frame(data)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=85)
@@ -138,6 +145,8 @@ def result_html(result: Result, limit: int = 8, blobs: list | None = None, head:
             except ComfyError as exc:
                 blobs = [exc] * len(refs)
         pictures = thumbnails_html(refs, blobs, len(result.images) - len(refs))
+    elif result.files or result.texts:
+        pictures = ""
     else:
         pictures = (
             '<div style="color:#757575">no images in the outputs '
@@ -150,7 +159,7 @@ def result_html(result: Result, limit: int = 8, blobs: list | None = None, head:
         facts.append(f"waited {seconds(result.queue_wait)}")
     facts.append(f"{len(result.images)} image{'s' if len(result.images) != 1 else ''} on {esc(result.server)}")
     head_html = f"<div>{' · '.join(facts)}</div>" if head else ""
-    return f'<div class="comfynb-result">{head_html}{pictures}</div>'
+    return f'<div class="comfynb-result">{head_html}{pictures}{media_html(result, limit)}</div>'
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -288,9 +297,104 @@ def sweep_html(sweep: Sweep) -> str:
     )
 
 
+# -- media: players for videos and audio, animations that move, text as text -------------------------
+
+
+async def media_source(ref: FileRef, limit: int | None = None) -> str:
+    """A ``src`` for a player: a data URI when the file is small (``INLINE_LIMIT``) or only in
+    memory, else its ``/view`` URL, which the browser streams (with range requests) from the server."""
+    limit = INLINE_LIMIT if limit is None else limit
+    data = ref._cache.get("data")
+    if data is None and ref.type != IN_MEMORY:
+        owner = getattr(ref.fetcher, "__self__", None)
+        small = getattr(owner, "view_small", None)
+        data = await small(ref.filename, ref.subfolder, ref.type, limit) if small else await ref.fetch()
+    if data is not None and (len(data) <= limit or ref.type == IN_MEMORY):
+        return f"data:{ref.mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return ref.url or ""
+
+
+def player_html(ref: FileRef, src: str) -> str:
+    """One output shown as itself: ``<video controls>``, ``<audio controls>``, an animated
+    ``<img>``, or a link for files a browser cannot show (latents, meshes...)."""
+    name = esc(f"{ref.subfolder}/{ref.filename}" if ref.subfolder else ref.filename)
+    preload = "auto" if src.startswith("data:") else "metadata"  # embedded: show the first frame at once
+    if ref.kind == "video":
+        body = (
+            f'<video controls playsinline preload="{preload}" style="max-width:{PLAYER}px" '
+            f'title="{name}"><source src="{esc(src)}" type="{esc(ref.mime)}"></video>'
+        )
+    elif ref.kind == "audio":
+        body = f'<audio controls preload="{preload}" title="{name}"><source src="{esc(src)}" type="{esc(ref.mime)}"></audio>'
+    elif ref.kind in ("animated", "image"):
+        body = f'<img src="{esc(src)}" style="max-width:{PLAYER}px" title="{name}">'
+    else:
+        body = f'<a href="{esc(src)}" download="{esc(ref.filename)}">{name}</a> ({esc(ref.kind)})'
+    caption = f'<figcaption style="font-size:smaller">{name}</figcaption>' if ref.kind != "other" else ""
+    return (
+        f'<figure class="comfynb-{esc(ref.kind)}" style="margin:2px 6px 2px 0;display:inline-block;'
+        f'vertical-align:top">{body}{caption}</figure>'
+    )
+
+
+def texts_html(texts: dict[str, list[str]]) -> str:
+    """Text outputs (PreviewAny...) by node, as preformatted, escaped text."""
+    blocks = "".join(
+        f'<div class="comfynb-text"><span style="color:#757575">node {esc(node)}</span>'
+        f'<pre style="margin:2px 0;white-space:pre-wrap">{esc(text)}</pre></div>'
+        for node, strings in texts.items()
+        for text in strings
+    )
+    return f"<div>{blocks}</div>" if blocks else ""
+
+
+def media_html(result: Result, limit: int = 8) -> str:
+    """Players for a result's videos and audio, its animations (moving), links to other files and
+    its texts: the first ``limit`` of each kind."""
+    refs = [
+        ref
+        for kind in ("video", "animated", "audio", "latent", "mesh", "other")
+        for ref in result.of_kind(kind)[:limit]
+    ]
+    if not refs:
+        return texts_html(result.texts)
+
+    async def sources() -> list[str | BaseException]:
+        return await asyncio.gather(*(media_source(r) for r in refs), return_exceptions=True)
+
+    try:
+        srcs = _loop.run_sync(sources(), timeout=FETCH_TIMEOUT)
+    except ComfyError as exc:
+        srcs = [exc] * len(refs)
+    cells = [
+        player_html(ref, src if isinstance(src, str) else (ref.url or ""))
+        if isinstance(src, str) or ref.url
+        else f'<div style="color:#757575">{esc(ref.filename)}: {esc(error_text(src))}</div>'
+        for ref, src in zip(refs, srcs)
+    ]
+    return "<div>" + "".join(cells) + "</div>" + texts_html(result.texts)
+
+
+def ref_html(ref: FileRef) -> str | None:
+    """A single output file on its own: a player (still images keep their PNG display)."""
+    if ref.kind == "image":
+        return None
+    try:
+        src = _loop.run_sync(media_source(ref), timeout=FETCH_TIMEOUT)
+    except ComfyError:
+        src = ref.url or ""
+    return player_html(ref, src)
+
+
 # -- registration --------------------------------------------------------------------------------
 
-FORMATTERS = ((Job, job_html), (Result, result_html), (Sweep, sweep_html), (ComfyError, error_html))
+FORMATTERS = (
+    (Job, job_html),
+    (Result, result_html),
+    (Sweep, sweep_html),
+    (ComfyError, error_html),
+    (FileRef, ref_html),
+)
 
 
 def register(formatter: Any = None) -> bool:

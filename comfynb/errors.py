@@ -151,6 +151,15 @@ class JobLost(ComfyError):
     """The server no longer knows the prompt (restart, eviction) and it was not resubmitted."""
 
 
+class OutputsMissing(ComfyError):
+    """The prompt succeeded, but outputs sent only over the WebSocket (SaveImageWebsocket) may not
+    all have reached us; ``result`` holds what did, ``result.missing`` names the nodes in doubt."""
+
+    def __init__(self, message: str, *, result: Any):
+        super().__init__(message)
+        self.result = result
+
+
 # -- local mistakes -----------------------------------------------------------------------
 
 
@@ -175,6 +184,7 @@ __all__ = [
     "Interrupted",
     "JobLost",
     "NodeError",
+    "OutputsMissing",
     "ProtocolError",
     "ServerUnavailable",
     "Timeout",

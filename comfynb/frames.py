@@ -4,8 +4,10 @@ A prompt's row needs nothing but its history entry: the sweep parameters travel 
 ``extra_data["comfynb"]`` and the timings in ``status.messages``. That is what lets a new process
 (after a dead kernel) rebuild the frame of a sweep it never saw.
 
-Image columns hold ``/view`` URLs (plain strings): parquet-friendly, usable in a browser, and
-turned back into fetchable references by :meth:`comfynb.results.ImageRef.from_url`.
+File columns hold ``/view`` URLs (plain strings): parquet-friendly, usable in a browser, and
+turned back into fetchable references by :meth:`comfynb.results.FileRef.from_url`. ``images``
+(still pictures) is always there; ``videos``, ``animations``, ``audio``, ``latents``, ``meshes``,
+``other_files`` and ``texts`` (the strings of text outputs) are added when some row has them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
-from .results import _node_key, view_url
+from .results import output_items, output_texts, view_url
 from .tracker import SUCCESS
 from .transport import Transport
 
@@ -37,8 +39,18 @@ COLUMNS = (
     "sweep_id",
     "index",
 )
+# output kind -> the column holding its /view URLs (as in Result.files, in the same node order)
+KIND_COLUMNS = {
+    "image": "images",
+    "video": "videos",
+    "animated": "animations",
+    "audio": "audio",
+    "latent": "latents",
+    "mesh": "meshes",
+    "other": "other_files",
+}
+MEDIA_COLUMNS = (*(c for c in KIND_COLUMNS.values() if c != "images"), "texts")  # present when used
 _TERMINAL_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
-_IMAGE_KEYS = ("images", "gifs")  # as in Result.images, in the same (node) order
 PAGE_SIZE = 256
 
 
@@ -99,22 +111,20 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
         ok = status_obj.get("status_str", "success") == "success" and status_obj.get("completed", True)
         status = "success" if ok else "error"
     outputs = entry.get("outputs") or {}
-    images = [
-        image_url(server, item)
-        for node_id in sorted(outputs, key=_node_key)
-        if isinstance(outputs[node_id], dict)
-        for key in _IMAGE_KEYS
-        for item in outputs[node_id].get(key) or ()
-        if isinstance(item, dict) and isinstance(item.get("filename"), str)
-    ]
+    files: dict[str, list[str]] = {"images": []}
+    for _node, _key, item, kind in output_items(outputs):
+        files.setdefault(KIND_COLUMNS[kind], []).append(image_url(server, item))
+    texts = [text for strings in output_texts(outputs).values() for text in strings]
+    if texts:
+        files["texts"] = texts
     return {
+        **files,
         "params": tags.get("params") or {},
         "prompt_id": prompt_id,
         "status": status,
         "queued_at": extra.get("create_time"),
         "started_at": started,
         "finished_at": finished,
-        "images": images,
         "error": error,
         "server": server,
         "tag": tags.get("tag"),
@@ -134,7 +144,7 @@ def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     Parameter columns are the union of every row's params, in first-seen order.
     """
     params: dict[str, list] = {}
-    fixed: dict[str, list] = {name: [] for name in COLUMNS}
+    fixed: dict[str, list] = {name: [] for name in (*COLUMNS, *MEDIA_COLUMNS)}
     for n, row in enumerate(rows, 1):
         for key, value in (row.get("params") or {}).items():
             column = params.get(key)
@@ -157,6 +167,11 @@ def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         queue_wait=(started - queued).total_seconds(),
         run_time=(finished - started).total_seconds(),
         images=pd.Series([list(v or ()) for v in fixed["images"]], dtype=object),
+        **{
+            name: pd.Series([list(v or ()) for v in fixed[name]], dtype=object)
+            for name in MEDIA_COLUMNS
+            if any(fixed[name])
+        },
         error=pd.Series(fixed["error"], dtype="str"),
         server=pd.Series(fixed["server"], dtype="str"),
         tag=pd.Series(fixed["tag"], dtype="str"),

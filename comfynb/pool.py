@@ -65,6 +65,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from . import chaining, wsoutputs
 from .capabilities import read_capabilities
 from .errors import Cancelled, CapabilityError, ComfyError, JobLost
 from .results import Result
@@ -293,6 +294,8 @@ class Pool:
         error: BaseException | None = None,
     ) -> None:
         if server.holds(state):  # a server the job moved away from has no say any more
+            if status == SUCCESS and wsoutputs.settle_missing(self, server, state, result):
+                return  # SaveImageWebsocket images in doubt: run again, or failed, per on_missing_outputs
             self._settle(state, status, result=result, error=error, ran=server)
 
     def forgotten(self, server: Server, state: PromptState) -> None:
@@ -374,6 +377,7 @@ class Pool:
             if isinstance(able, CapabilityError):
                 self.drop(state, able)
                 continue
+            able = chaining.route(state.body["prompt"], able)  # where the files it reads are
             choices = [s for s in free if s in able]
             if not choices:
                 skipped.append(state)  # its servers are busy or down; later jobs may still go

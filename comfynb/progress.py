@@ -405,7 +405,7 @@ class WidgetView(View):
             return False
         if self._thumbnails is None:
             result = job.result()
-            refs = result.images[:THUMBNAILS]
+            refs = _display.thumbnail_refs(result, THUMBNAILS)
             self._thumbnails = (result, refs, _loop.submit(_display.fetch_images(refs)))
         result, refs, fetching = self._thumbnails
         if not fetching.done():

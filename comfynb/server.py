@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from . import chaining, wsoutputs
 from .connection import Connection
 from .errors import (
     ComfyError,
@@ -249,6 +250,8 @@ class Server:
             except TimeoutError:
                 pass  # post anyway: reconciliation finds the job when the socket is back
             if state.done:  # cancelled while waiting
+                return
+            if not await chaining.localize(self, state):  # files of other servers' outputs copied here
                 return
             reply = await self._post(state)
         except ComfyError as exc:
@@ -519,6 +522,7 @@ class Server:
         """How a history entry says the prompt ended: (status, result or None, error or None)."""
         state.history = entry = self._share_echo(entry, state.body)
         result = Result.from_history(state.prompt_id, entry, server=self.url, fetcher=self.transport.view)
+        result = wsoutputs.attach(result, state, self.url)
         if result.status == SUCCESS:
             return SUCCESS, result, None
         if result.status == INTERRUPTED:

@@ -31,10 +31,13 @@ import yarl
 from . import _loop
 from . import frames as _frames
 from . import sweep as _sweep
+from . import uploads as _uploads
+from . import wsoutputs as _wsoutputs
 from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
 from .pool import Pool
+from .results import FileRef, InputName
 from .server import DOWN, UP
 from .settings import Settings
 from .tracker import CANCELLED, ERROR, PromptState
@@ -67,7 +70,10 @@ class Session:
     ``resubmit_lost``: a prompt the server forgot (restart) is submitted again, up to
     ``max_attempts`` submissions in all, else it ends as ``lost``. ``reconcile_after``: seconds
     without a message about our unfinished jobs (a silent socket, or one busy with other clients'
-    broadcasts only) before the server is asked directly.
+    broadcasts only) before the server is asked directly. ``on_missing_outputs``: when the socket
+    dropped while a SaveImageWebsocket node ran (its images exist nowhere else), ``"rerun"`` the
+    prompt (within ``max_attempts``), ``"raise"`` :class:`~comfynb.errors.OutputsMissing`, or
+    ``"keep"`` the result with ``result.missing`` naming the nodes in doubt.
     ``progress``: "auto" shows live progress (widgets in a Jupyter kernel, else a text line on
     stderr), "widget" or "text" force one, False shows nothing.
     ``journal`` (a SQLite path) records every submission, so ``resume(sweep_id)`` can finish a sweep
@@ -97,6 +103,7 @@ class Session:
         down_after: float = 5.0,
         failover_after: float = 30.0,
         give_up_after: float | None = 300.0,
+        on_missing_outputs: str = "rerun",
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -105,6 +112,8 @@ class Session:
         if progress not in _PROGRESS:
             raise ValueError(f"progress must be 'auto', 'widget', 'text' or False, not {progress!r}")
         self.progress = progress
+        if on_missing_outputs not in _wsoutputs.POLICIES:
+            raise ValueError(f"on_missing_outputs must be one of {_wsoutputs.POLICIES}, not {on_missing_outputs!r}")
         self.settings = Settings(
             retries=max(0, retries),
             backoff=backoff,
@@ -114,6 +123,7 @@ class Session:
             down_after=down_after,
             failover_after=failover_after,
             give_up_after=give_up_after,
+            on_missing_outputs=on_missing_outputs,
         )
         self.events: collections.deque = collections.deque(maxlen=max_events)
         self.simulator: Any = None  # set by Session.simulated(): the first simulator
@@ -306,15 +316,48 @@ class Session:
         """Finish a sweep recorded in this session's journal: see :func:`comfynb.sweep.resume`."""
         return self._announce(_sweep.resume(self, sweep_id))
 
-    def upload(self, image: Any) -> str:
-        """Send an input image (PIL image, path or bytes) unless already sent; the name for a LoadImage input."""
-        return _loop.run_sync(self._upload(image))
+    def upload(self, file: Any) -> str:
+        """Send an input file to every server unless already sent; the name for a loader input.
 
-    async def aupload(self, image: Any) -> str:
-        return await _loop.run_async(self._upload(image))
+        ``file``: a PIL image, a path (images, videos, audio: its extension is kept), bytes (images,
+        or video/audio recognised by their first bytes), or an output ``FileRef`` of an earlier job.
+        """
+        return _loop.run_sync(self._upload(file))
 
-    async def _upload(self, image: Any) -> str:
-        return (await _sweep.upload_everywhere(self, [image]))[id(image)]
+    async def aupload(self, file: Any) -> str:
+        return await _loop.run_async(self._upload(file))
+
+    async def _upload(self, file: Any) -> str:
+        return (await _sweep.upload_everywhere(self, [file]))[id(file)]
+
+    def upload_mask(self, mask: Any, original: Any) -> str:
+        """Paint ``mask`` onto ``original`` through ``/upload/mask``; the name for a LoadImage input
+        whose MASK output is then the mask.
+
+        ``mask``: an ``L`` image or 2-D array (white / 1.0 = masked), an RGBA image (its alpha, as in
+        ComfyUI's mask editor: transparent = masked), or a path or PNG bytes of one. ``original``:
+        an output ``FileRef`` (sent to its server) or a name returned by :meth:`upload` (sent to
+        every server, which all hold it).
+        """
+        return _loop.run_sync(self._upload_mask(mask, original))
+
+    async def aupload_mask(self, mask: Any, original: Any) -> str:
+        return await _loop.run_async(self._upload_mask(mask, original))
+
+    async def _upload_mask(self, mask: Any, original: Any) -> str:
+        await self._ready()
+        data, ref = _uploads.mask_payload(mask), _uploads.original_ref(original)
+        holder = getattr(original, "server", None)
+        servers = [s for s in self._pool.up() if holder is None or s.url == holder]
+        if not servers:
+            raise ComfyError(f"the server holding {ref['filename']} ({holder}) is not up in this session")
+        names = [await _uploads.upload_mask(s.transport, data, ref) for s in servers]
+        if holder is None:
+            return names[0]
+        # only the holder has it: a name that routes jobs there (or is copied to where they run)
+        sub, _, filename = names[0].rpartition("/")
+        copy = FileRef(filename, sub, "input", "", holder, servers[0].transport.view)
+        return InputName(names[0], server=holder, ref=copy)
 
     def history_frame(self, tag: str | None = None, sweep_id: str | None = None, limit: int | None = None):
         """The results frame rebuilt from the servers' history alone (works in a new process): every

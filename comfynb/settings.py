@@ -27,6 +27,7 @@ class Settings:
     down_after: float = 5.0
     failover_after: float = 30.0
     give_up_after: float | None = 300.0
+    on_missing_outputs: str = "rerun"  # WebSocket outputs in doubt: "rerun", "raise" or "keep" (comfynb.wsoutputs)
 
     def __post_init__(self) -> None:
         for name in ("backoff", "reconcile_after", "sign_delay", "down_after", "failover_after"):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import hashlib
-import io
+import json
 import math
 import os
 import re
@@ -26,68 +25,15 @@ import pandas as pd
 
 from . import _loop
 from .errors import ComfyError, Timeout, WorkflowError
-from .frames import COLUMNS, frame_from_rows, history_row
+from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, frame_from_rows, history_row
 from .jobs import as_completed
 from .journal import TERMINAL, Submission
-from .results import ImageRef
+from .results import IN_MEMORY, FileRef, first_frame, write_file
+from .uploads import is_image, upload
 from .workflow import Workflow
 
 _SEED_INPUTS = ("seed", "noise_seed")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
-
-
-# -- input images ----------------------------------------------------------------------------
-
-
-def is_image(value: Any) -> bool:
-    """Values a sweep uploads instead of sending: PIL images, bytes, paths (``str`` is a server name)."""
-    from PIL import Image
-
-    return isinstance(value, (Image.Image, bytes, bytearray, memoryview, os.PathLike))
-
-
-def image_payload(image: Any) -> tuple[bytes, str]:
-    """The bytes to upload and a content-addressed file name.
-
-    Naming by content means the server, which reuses a name when the content matches, keeps one
-    copy of each image however often and from however many sessions it is uploaded.
-    """
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        data, stem, ext = buf.getvalue(), "comfynb", ".png"
-    elif isinstance(image, os.PathLike):
-        path = Path(image)
-        data, stem, ext = path.read_bytes(), _UNSAFE.sub("_", path.stem)[:60] or "image", path.suffix.lower()
-    elif isinstance(image, (bytes, bytearray, memoryview)):
-        data, stem = bytes(image), "comfynb"
-        try:
-            ext = "." + (Image.open(io.BytesIO(data)).format or "png").lower().replace("jpeg", "jpg")
-        except Exception:
-            raise ValueError("the bytes given are not an image Pillow can read") from None
-    else:
-        raise TypeError(f"upload takes a PIL image, a path or bytes, not {type(image).__name__}")
-    if not _SUFFIX.fullmatch(ext):
-        ext = ".png"
-    return data, f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}{ext}"
-
-
-async def upload(transport, image: Any, cache: dict) -> str:
-    """Upload once per content and server; the name to put into a ``LoadImage`` input.
-
-    ``cache`` maps (server, file name) to the name the server returned; it skips repeated uploads
-    within a session, and the server itself skips writing content it already holds under that name.
-    """
-    data, filename = image_payload(image)
-    key = (transport.url, filename)
-    if key not in cache:
-        answer = await transport.upload_image(data, filename)
-        sub = str(answer.get("subfolder") or "")
-        cache[key] = f"{sub}/{answer['name']}" if sub else str(answer["name"])
-    return cache[key]
 
 
 class Plan:
@@ -174,6 +120,8 @@ def _json(value: Any) -> Any:
     """Plain JSON data (numpy scalars, tuples converted): plans go into tags and the journal."""
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, FileRef):  # an earlier job's output: "sub/name.png [output]", remembering its server
+        return value.as_input()
     if isinstance(value, (list, tuple)):
         return [_json(v) for v in value]
     if isinstance(value, Mapping):
@@ -494,13 +442,26 @@ class Sweep:
         return contact_sheet(self.session, self.frame(), x, y, size=size)
 
     def save(self, folder: str | os.PathLike, *, wait: bool = True) -> Path:
-        """Download every output under ``folder/images`` and write ``results.parquet`` and ``.csv``.
+        """Write every output into ``folder``, one subfolder per kind (``images/``, ``videos/``,
+        ``audio/``, ``texts/``...), streamed from the servers, plus ``results.parquet`` and ``.csv``.
 
-        Local names are built from the row index (``00012.png``, ``00012-1.png``...), never from
-        the server's names, which are not trusted as paths. Returns the folder.
+        Local names are built from the row index (``00012.png``, ``00012-1.mp4``...), never from
+        the server's names, which are not trusted as paths. SaveImageWebsocket images, which exist
+        only in this session's memory, are written too (``images/00012-ws-1.png``). Returns the folder.
         """
         frame = self.result() if wait else self.frame()
-        return save_frame(self.session, frame, folder)
+        extra: dict[int, list[FileRef]] = {}
+        for position, job in enumerate(self.jobs):
+            if job is not None and job.status == "success":
+                refs = [f for f in job.result().files if f.type == IN_MEMORY]
+                if refs:
+                    extra[position] = refs
+        return save_frame(self.session, frame, folder, in_memory=extra)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _share(value: Any, base: Any) -> Any:
@@ -526,7 +487,7 @@ async def _fetch_all(session, urls: list[str], limit: int = 8) -> list[bytes | B
     gate = asyncio.Semaphore(limit)
 
     async def one(url: str) -> bytes | BaseException:
-        ref = ImageRef.from_url(url, fetcher=_fetcher(session, url))
+        ref = FileRef.from_url(url, fetcher=_fetcher(session, url))
         async with gate:
             try:
                 return await ref._download()
@@ -534,6 +495,27 @@ async def _fetch_all(session, urls: list[str], limit: int = 8) -> list[bytes | B
                 return exc
 
     return await asyncio.gather(*(one(u) for u in urls))
+
+
+async def _write_all(session, downloads: list[tuple[str, Path]], limit: int = 8) -> None:
+    """Stream each ``/view`` URL to its path, a few at a time; the first failure is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(url: str, path: Path) -> None:
+        async with gate:
+            await write_file(FileRef.from_url(url, fetcher=_fetcher(session, url)), path)
+
+    await asyncio.gather(*(one(u, p) for u, p in downloads))
+
+
+def _picture_url(row: Any) -> str | None:
+    """The URL a contact sheet shows for a row: its first still image, else the first animation,
+    else the first video (whose first frame is shown)."""
+    for column in ("images", "animations", "videos"):
+        urls = row.get(column)
+        if urls is not None and len(urls):
+            return urls[0]
+    return None
 
 
 def _label(value: Any, limit: int = 24) -> str:
@@ -547,14 +529,15 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
 
     for name in (x, y):
         if name not in frame.columns:
-            params = [c for c in frame.columns if c not in COLUMNS]
+            params = [c for c in frame.columns if c not in COLUMNS and c not in MEDIA_COLUMNS]
             raise KeyError(f"'{name}' is not a column of this sweep; its parameters are {params}")
     xs = list(dict.fromkeys(frame[x].tolist()))
     ys = list(dict.fromkeys(frame[y].tolist()))
     cells: dict[tuple, tuple[str | None, str]] = {}
-    for vx, vy, images, status in zip(frame[x], frame[y], frame["images"], frame["status"]):
-        if (vx, vy) not in cells or (cells[(vx, vy)][0] is None and len(images)):
-            cells[(vx, vy)] = (images[0] if len(images) else None, str(status))
+    for _, row in frame.iterrows():
+        vx, vy, url = row[x], row[y], _picture_url(row)
+        if (vx, vy) not in cells or (cells[(vx, vy)][0] is None and url is not None):
+            cells[(vx, vy)] = (url, str(row["status"]))
     urls = [u for u, _ in cells.values() if u is not None]
     fetched = dict(zip(urls, _loop.run_sync(_fetch_all(session, urls)))) if urls else {}
     font = ImageFont.load_default(size=max(10, size // 12))
@@ -574,7 +557,7 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
             data = fetched.get(url)
             if isinstance(data, bytes):
                 try:
-                    thumb = Image.open(io.BytesIO(data)).convert("RGB")
+                    thumb = first_frame(data)  # a picture, an animation's or a video's first frame
                     thumb.thumbnail((size - 4, size - 4))
                     sheet.paste(thumb, (box[0] + (size - thumb.width) // 2, box[1] + (size - thumb.height) // 2))
                     continue
@@ -585,35 +568,52 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
     return sheet
 
 
-def save_frame(session, frame: pd.DataFrame, folder: str | os.PathLike) -> Path:
-    """Download a frame's images into ``folder/images`` and write the frame (with a ``files`` column).
+def _suffix(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    return suffix if _SUFFIX.fullmatch(suffix) else ".bin"
+
+
+def save_frame(
+    session, frame: pd.DataFrame, folder: str | os.PathLike, *, in_memory: dict[int, list[FileRef]] | None = None
+) -> Path:
+    """Stream a frame's files into ``folder/<column>/`` (``images``, ``videos``, ``audio``...),
+    write each row's texts to ``texts/<row>.txt``, and the frame itself (with a ``files`` column).
 
     Files are named by row index (by position if the frame mixes sweeps), never by server names.
+    ``in_memory`` adds files that are on no server (SaveImageWebsocket images), by row position.
     """
     root = Path(folder)
     (root / "images").mkdir(parents=True, exist_ok=True)
     downloads: list[tuple[str, Path]] = []
     files: list[list[str]] = []
     by_index = frame["index"].notna().all() and frame["index"].is_unique  # one sweep: its row numbers
-    for position, (index, images) in enumerate(zip(frame["index"], frame["images"])):
-        stem = f"{int(index) if by_index else position:05d}"
+    columns = [c for c in KIND_COLUMNS.values() if c in frame.columns]
+    for position, (_, row) in enumerate(frame.iterrows()):
+        stem = f"{int(row['index']) if by_index else position:05d}"
         names = []
-        for k, url in enumerate(images):
-            suffix = Path(ImageRef.from_url(url).filename).suffix.lower()
-            suffix = suffix if _SUFFIX.fullmatch(suffix) else ".bin"
-            name = f"images/{stem}{f'-{k}' if k else ''}{suffix}"
+        for column in columns:
+            for k, url in enumerate(row[column]):
+                name = f"{column}/{stem}{f'-{k}' if k else ''}{_suffix(FileRef.from_url(url).filename)}"
+                names.append(name)
+                downloads.append((url, root / name))
+        for k, ref in enumerate((in_memory or {}).get(position, ()), 1):
+            name = f"images/{stem}-ws-{k}{_suffix(ref.filename)}"
             names.append(name)
-            downloads.append((url, root / name))
+            _write_bytes(root / name, ref.data)
+        if "texts" in frame.columns and len(row["texts"]):
+            name = f"texts/{stem}.txt"
+            names.append(name)
+            _write_bytes(root / name, "\n".join(row["texts"]).encode("utf-8"))
         files.append(names)
-    results = _loop.run_sync(_fetch_all(session, [u for u, _ in downloads])) if downloads else []
-    for (_, path), data in zip(downloads, results):
-        if isinstance(data, BaseException):
-            raise data
-        path.write_bytes(data)
+    for _, path in downloads:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if downloads:
+        _loop.run_sync(_write_all(session, downloads))
     out = frame.assign(files=pd.Series(files, index=frame.index, dtype=object))
-    out.assign(images=out["images"].map(" ".join), files=out["files"].map(" ".join)).to_csv(
-        root / "results.csv", index=False
-    )
+    joined = {c: out[c].map(" ".join) for c in (*columns, "files") if c != "texts"}
+    if "texts" in out.columns:
+        joined["texts"] = out["texts"].map(json.dumps)  # texts may hold spaces and newlines
+    out.assign(**joined).to_csv(root / "results.csv", index=False)
     try:
         out.to_parquet(root / "results.parquet", index=False)
     except ImportError as exc:

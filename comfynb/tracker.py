@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import wscapture
+
 PENDING = "pending"
 QUEUED = "queued"
 RUNNING = "running"
@@ -89,6 +91,7 @@ class PromptState:
         self.outcome: str | None = None  # from execution_success / _error / _interrupted
         self.outcome_data: dict | None = None
         self.outputs: dict[str, dict] = {}  # node id -> UI output from `executed`
+        self.ws: Any = None  # wscapture.Capture: SaveImageWebsocket frames of this run
         self._nodes_done: set[str] = set()
         self.progress = Progress(nodes_total=self.progress.nodes_total)
 
@@ -98,6 +101,7 @@ class PromptState:
         self.body = None
         self.outputs = {}
         self.outcome_data = None
+        self.ws = None
         self._nodes_done = set()
 
     def settle(self, status: str, *, result: Any = None, error: BaseException | None = None) -> bool:
@@ -141,6 +145,7 @@ class Tracker:
         self.queue_remaining: int | None = None
         self.preview_metadata = False  # the server confirmed type-4 previews for this socket
         self.heard_at = time.monotonic()  # the last event for one of our prompts
+        self.epoch = 0  # counts socket connects: WebSocket outputs are whole only within one
 
     def register(self, state: PromptState) -> None:
         self.jobs[state.prompt_id] = state
@@ -158,6 +163,7 @@ class Tracker:
         """A new socket: flags are negotiated again; who runs is learnt again."""
         self.preview_metadata = False
         self.running = None
+        self.epoch += 1
 
     # -- events -----------------------------------------------------------------------
 
@@ -185,6 +191,7 @@ class Tracker:
         state.last_event = kind
         state.last_event_at = time.time()
         data = event.data
+        wscapture.observe(state, event, self.epoch)
         if event.done:
             self._completed(state)
             return
@@ -230,6 +237,7 @@ class Tracker:
             self.foreign += 1
         elif not state.done:
             state.latest_preview = preview
+            wscapture.take(state, preview, state.progress.node)
 
     def _status(self, remaining: int | None) -> None:
         if remaining is None:

@@ -15,6 +15,7 @@ import logging
 import mimetypes
 import os
 import random
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -407,10 +408,85 @@ class Transport:
             raise self._status_error("GET", "/view", status, body)
         return body
 
+    async def download(self, filename: str, subfolder: str, type: str, path: str | os.PathLike) -> int:
+        """GET /view streamed to ``path`` through a temporary file beside it (renamed when complete,
+        removed on failure), so a large video never sits in memory. Returns the bytes written."""
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        folder = os.path.dirname(os.path.abspath(path))
+        attempts = 1 + self.retries
+        for attempt in range(1, attempts + 1):
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".comfynb-", suffix=".part")
+            error: Exception | None = None
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    session = self._new_session() if self._closed else self._client()
+                    try:
+                        async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
+                            if resp.status != 200:
+                                body = await resp.read()
+                                raise self._status_error("GET", "/view", resp.status, body)
+                            size = 0
+                            async for chunk in resp.content.iter_chunked(1 << 16):
+                                out.write(chunk)
+                                size += len(chunk)
+                    finally:
+                        if self._closed:
+                            await session.close()
+                os.replace(tmp, path)
+                return size
+            except HTTPStatusError as exc:
+                if exc.status < 500 or attempt == attempts:
+                    error = exc
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if attempt == attempts:
+                    error = self._connection_error(exc, "GET /view", attempt)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            if error is not None:
+                raise error  # not chained: aiohttp's exception holds the request headers
+            await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY))
+        raise AssertionError("unreachable")  # every path above returns or raises
+
+    async def view_small(self, filename: str, subfolder: str, type: str, limit: int) -> bytes | None:
+        """The file's bytes if it has at most ``limit`` bytes, else None (reading stops there):
+        a notebook inlines small media and points its players at ``/view`` for the rest."""
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        session = self._new_session() if self._closed else self._client()
+        error: Exception | None = None
+        try:
+            async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
+                if resp.status != 200:
+                    raise self._status_error("GET", "/view", resp.status, await resp.read())
+                if (resp.content_length or 0) > limit:
+                    return None
+                data = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > limit:
+                        return None
+                return bytes(data)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = self._connection_error(exc, "GET /view", 1)
+        finally:
+            if self._closed:
+                await session.close()
+        raise error  # not chained: aiohttp's exception holds the request headers
+
     async def upload_image(
-        self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input", overwrite: bool = False
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        subfolder: str = "",
+        type: str = "input",
+        overwrite: bool = False,
+        original_ref: dict | None = None,
     ) -> dict:
-        """Upload an input file; use the returned ``name``. Retried: the server dedups identical content."""
+        """Upload an input file (image, video, audio); use the returned ``name``. Retried: the server
+        dedups identical content. With ``original_ref`` (``{filename, subfolder, type}`` of an image
+        on the server) it goes to ``/upload/mask``: the upload's alpha is applied to that image."""
+        path = "/upload/image" if original_ref is None else "/upload/mask"
 
         def form() -> aiohttp.FormData:
             f = aiohttp.FormData()
@@ -419,14 +495,16 @@ class Transport:
             f.add_field("type", type)
             f.add_field("subfolder", subfolder)
             f.add_field("overwrite", "true" if overwrite else "false")
+            if original_ref is not None:
+                f.add_field("original_ref", _json.dumps(original_ref))
             return f
 
-        status, body = await self._send("POST", "/upload/image", form=form, retry=True)
+        status, body = await self._send("POST", path, form=form, retry=True)
         if status != 200:
-            raise self._status_error("POST", "/upload/image", status, body)
-        result = self._decode("POST", "/upload/image", body)
+            raise self._status_error("POST", path, status, body)
+        result = self._decode("POST", path, body)
         if not isinstance(result, dict) or "name" not in result:
-            raise self._shape_error("POST", "/upload/image", "the uploaded name")
+            raise self._shape_error("POST", path, "the uploaded name")
         return result
 
     async def object_info(self, node_class: str | None = None) -> dict:

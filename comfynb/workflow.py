@@ -480,6 +480,8 @@ def _plain(value: Any, where: str) -> Any:
         return {k: _plain(v, where) for k, v in value.items()}
     if isinstance(value, (np.generic, np.ndarray)):
         return _plain(value.tolist(), where)
+    if callable(getattr(value, "as_input", None)):  # an output FileRef: "sub/name.png [output]"
+        return value.as_input()
     raise WorkflowError(
         f"{where}: {_short(value)} of type {type(value).__name__} is not JSON-serialisable. Values must "
         "be str, int, float, bool, None, or lists and dicts of those; convert it first "

@@ -1,6 +1,7 @@
 """Checked in a real browser: JupyterLab, headless Chromium, "Restart Kernel and Run All Cells" of
 ``notebooks/02_concurrent_sweeps.ipynb``; the sweep's aggregate widget must reach N/N and the
-contact sheet must render, as read from the page itself.
+contact sheet must render, as read from the page itself. The same for
+``notebooks/06_video_and_audio.ipynb``, whose video and audio players must load their media.
 
 It needs Debian's Chromium (``apt-get install chromium``), driven through Playwright's Python
 package with ``executable_path`` (Playwright's own browser download is not used), and JupyterLab
@@ -251,3 +252,56 @@ def test_restart_and_run_all_shows_the_finished_sweep_and_the_contact_sheet(lab)
         picture.paste(shot, (0, top))
         top += shot.height
     picture.save(OUTPUT / "02_concurrent_sweeps.png")
+
+
+# -- notebook 06: video and audio players ---------------------------------------------------------
+
+MEDIA_NOTEBOOK = ROOT / "notebooks" / "06_video_and_audio.ipynb"
+PLAYERS = """() => {
+    const out = {};
+    for (const kind of ['video', 'audio']) {
+        const players = [...document.querySelectorAll('.jp-OutputArea-output ' + kind + '[controls]')];
+        out[kind] = players.map(p => ({ready: p.readyState, duration: p.duration, error: p.error && p.error.code,
+                                         width: p.getBoundingClientRect().width}));
+    }
+    return out;
+}"""
+
+
+def test_notebook_06_renders_video_and_audio_players(lab, tmp_path):
+    """Restart and Run All of the video notebook: its results show players the browser can play
+    (the media's metadata loads: a real duration, no media error), not just tags."""
+    url, log = lab
+    shutil.copy(MEDIA_NOTEBOOK, tmp_path / "work")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                page.goto(f"{url}/lab/tree/{MEDIA_NOTEBOOK.name}")
+                page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+                restart_and_run_all(page)
+                page.wait_for_function(ALL_RAN, timeout=90_000)
+                page.wait_for_function(
+                    f"""() => {{ const p = ({PLAYERS})();
+                        return p.video.length > 0 && p.audio.length > 0
+                            && [...p.video, ...p.audio].every(x => x.ready >= 1 || x.error); }}""",
+                    timeout=30_000,
+                )
+                players = page.evaluate(PLAYERS)
+                assert page.evaluate(STDERR) == []
+            except Exception:
+                OUTPUT.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=OUTPUT / "failure-06.png")
+                print("JupyterLab's log, last lines:\n" + log.read_text()[-4000:])
+                raise
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            cell = page.locator(".jp-CodeCell", has=page.locator(".jp-InputArea", has_text="result.videos[0]")).first
+            cell.screenshot(path=OUTPUT / "06_video_and_audio.png")
+        finally:
+            browser.close()
+    for kind in ("video", "audio"):
+        assert players[kind], players
+        for player in players[kind]:
+            assert player["error"] is None and player["ready"] >= 1 and player["duration"] > 0.5, (kind, player)
+    assert all(p["width"] > 100 for p in players["video"]), players

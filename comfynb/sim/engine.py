@@ -561,5 +561,11 @@ class Context:
     ) -> dict:
         return self._run.engine.files.save_image(image, filename_prefix, type, text)
 
+    def reserve(
+        self, filename_prefix: str, type: str, ext: str, size: tuple[int, int] = (0, 0), sep: str = "_"
+    ) -> tuple[Path, str]:
+        """A fresh output path for a file of another kind than PNG, and its subfolder."""
+        return self._run.engine.files.reserve(filename_prefix, type, ext, size, sep)
+
     def resolve_input(self, name: str) -> Path:
         return self._run.engine.files.resolve_input(name)

@@ -73,12 +73,19 @@ class Files:
             path.mkdir(parents=True, exist_ok=True)
         self._next: dict[tuple[Path, str], int] = {}
 
-    def save_image(
-        self, image: Any, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
-    ) -> dict:
+    def reserve(
+        self,
+        filename_prefix: str,
+        type: str = "output",
+        ext: str = "png",
+        size: tuple[int, int] = (0, 0),
+        sep: str = "_",
+    ) -> tuple[Path, str]:
+        """The next free ``<prefix>_<counter>_.<ext>`` (ComfyUI's folder_paths.get_save_image_path),
+        as (path, subfolder); ``sep=""`` gives VideoHelperSuite's ``<prefix>_<counter>.<ext>``."""
         base = self.dirs[type]
         if "%" in filename_prefix:
-            filename_prefix = _expand(filename_prefix, *image.size)
+            filename_prefix = _expand(filename_prefix, *size)
         norm = os.path.normpath(filename_prefix)
         subfolder, filename = os.path.dirname(norm), os.path.basename(norm)
         folder = (base / subfolder).resolve()
@@ -89,17 +96,24 @@ class Files:
             )
         key = (folder, filename)
         counter = self._next.get(key) or _next_counter(folder, filename)
-        path = folder / f"{filename}_{counter:05}_.png"
+        path = folder / f"{filename}_{counter:05}{sep}.{ext}"
         if path.exists():  # someone else wrote there: rescan like ComfyUI
             counter = _next_counter(folder, filename)
-            path = folder / f"{filename}_{counter:05}_.png"
+            path = folder / f"{filename}_{counter:05}{sep}.{ext}"
+        self._next[key] = counter + 1
+        folder.mkdir(parents=True, exist_ok=True)
+        return path, subfolder
+
+    def save_image(
+        self, image: Any, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
+    ) -> dict:
+        path, subfolder = self.reserve(filename_prefix, type, "png", image.size)
         info = None
         if text:
             info = PngInfo()
             for k, v in text.items():
                 info.add_text(k, v)
         image.save(path, pnginfo=info, compress_level=4)
-        self._next[key] = counter + 1
         return {"filename": path.name, "subfolder": subfolder, "type": type}
 
     def resolve_input(self, name: str) -> Path:

@@ -138,6 +138,9 @@ class ExecContext(Protocol):
     def save_image(
         self, image: Image.Image, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
     ) -> dict: ...
+    def reserve(
+        self, filename_prefix: str, type: str, ext: str, size: tuple[int, int] = (0, 0), sep: str = "_"
+    ) -> tuple[Path, str]: ...
     def resolve_input(self, name: str) -> Path: ...
 
 
@@ -175,7 +178,7 @@ class Latent:
 
 def _info(
     name: str,
-    display_name: str,
+    display_name: str | None,
     category: str,
     required: dict,
     *,
@@ -188,6 +191,7 @@ def _info(
     python_module: str = "nodes",
     output_tooltips: list[str] | None = None,
     v3: bool = False,
+    experimental: bool = False,
 ) -> dict:
     """An /object_info entry as server.py builds it (V1 nodes) or as V3 schemas serialise."""
     inputs = {"required": required}
@@ -208,14 +212,10 @@ def _info(
         "category": category,
         "output_node": output_node,
     }
-    if v3:
-        info = {"input": info.pop("input"), "input_order": info.pop("input_order"), "is_input_list": False, **info}
-        info.update(
-            output_tooltips=output_tooltips or [None] * len(output),
-            deprecated=False,
-            experimental=False,
-            api_node=False,
-        )
+    if v3:  # keys in the order of ComfyUI 0.8.0's V3 schemas (see the recorded /object_info)
+        head = {k: info.pop(k) for k in ("input", "input_order", "output", "output_is_list", "output_name")}
+        tooltips = {"output_tooltips": output_tooltips or [None] * len(output), "output_matchtypes": None}
+        info = {**head, **tooltips, **info, "deprecated": False, "experimental": experimental, "api_node": False}
     elif output_tooltips:
         info["output_tooltips"] = output_tooltips
     return info
@@ -359,11 +359,14 @@ async def _save_image_websocket(ctx: ExecContext, i: dict) -> NodeResult:
 
 
 def _input_file(input_dir: Path, name: str) -> Path | None:
-    """folder_paths.get_annotated_filepath for the input dir: "sub/x.png" or "x.png [input]"."""
-    if name.endswith(" [input]"):
-        name = name[: -len(" [input]")]
-    path = (input_dir / name).resolve()
-    if input_dir.resolve() not in path.parents or not path.is_file():
+    """folder_paths.get_annotated_filepath: "sub/x.png" or "x.png [input]" in the input dir,
+    "sub/x.png [output]" / "[temp]" in the sibling folders (chaining a job's output into the next)."""
+    base = input_dir
+    for kind in ("input", "output", "temp"):
+        if name.endswith(f" [{kind}]"):
+            name, base = name[: -len(kind) - 3], input_dir.parent / kind
+    path = (base / name).resolve()
+    if base.resolve() not in path.parents or not path.is_file():
         return None
     return path
 

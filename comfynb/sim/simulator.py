@@ -25,7 +25,8 @@ from .engine import Engine, Settings
 from .faults import Faults
 from .files import Files
 from .hub import Hub
-from .nodes import NodeClass, default_nodes
+from .media import all_nodes
+from .nodes import NodeClass
 from .server import build_app
 
 _TICK = 0.05  # granularity of the close_every fault
@@ -83,7 +84,7 @@ class Simulator:
         if self._root_arg is None:  # removed by stop(), or at exit if stop() never came
             self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.files = Files(self.root)
-        self.nodes = default_nodes(self._checkpoint_names, self.files.dirs["input"])
+        self.nodes = all_nodes(self._checkpoint_names, self.files.dirs["input"])
         self._fresh_state()
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, shutdown_timeout=2.0)
         try:

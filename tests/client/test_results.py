@@ -125,10 +125,17 @@ def test_images_from_every_output_node_in_node_order():
     r = Result.from_history("p", entry, server=SERVER, fetcher=None)
     assert [(i.node_id, i.filename, i.subfolder, i.type) for i in r.images] == [
         ("9", "a.png", "", "output"),
-        ("9", "b.webp", "", "output"),
         ("10", "c.png", "s", "temp"),
         ("15.0.0.3", "d.png", "", "output"),
+    ]  # still pictures only: the animated WebP and the FLAC are files of their own kinds
+    assert [(f.node_id, f.filename, f.kind) for f in r.files] == [
+        ("9", "b.webp", "animated"),
+        ("9", "a.png", "image"),
+        ("10", "c.png", "image"),
+        ("15", "x.flac", "audio"),
+        ("15.0.0.3", "d.png", "image"),
     ]
+    assert r.texts == {"15": ["hello"]}
     assert r.status == "success" and r.queued_at is None and r.run_time is None and r.queue_wait is None
 
 
@@ -153,7 +160,9 @@ def test_reprs_hold_no_pixels():
     text = repr(r)
     assert pid in text and "images=4" in text and "['4']" in text and "PNG" not in text
     ref = repr(r.images[0])
-    assert ref == f"ImageRef(filename='batch_00005_.png', subfolder='', type='output', node_id='4', server='{SERVER}')"
+    assert ref == (
+        f"FileRef(filename='batch_00005_.png', subfolder='', type='output', node_id='4', server='{SERVER}', kind='image')"
+    )
 
 
 def test_lazy_fetch_is_cached_and_runs_on_the_private_loop():
