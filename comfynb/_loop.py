@@ -3,6 +3,13 @@
 Keeping our sockets on a loop we own (the fsspec / dask pattern) means the same client works
 from a plain script, from inside someone else's running loop (Jupyter), and with
 ``nest_asyncio`` applied: callers only ever block on, or await, a ``concurrent.futures.Future``.
+
+Waiting must stay interruptible. A Jupyter interrupt is a SIGINT, whose Python handler only runs
+once the kernel's main thread wakes up; ipykernel 7's loop sleeps until a socket has data, and a
+future resolved on our thread wakes it only at the very end. So :func:`wrap` wakes its caller's
+loop every ``WAKE`` seconds while it waits. An interrupted wait (a cancelled ``await``, or Ctrl-C in
+a blocking one) says in one line what is still running and how to stop it, instead of a traceback
+through ``concurrent.futures``; the work itself goes on until it is cancelled.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .errors import Timeout
@@ -20,6 +27,7 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _inherited: list[asyncio.AbstractEventLoop] = []
+WAKE = 0.2  # seconds between two wake-ups of a caller's loop awaiting one of our futures
 
 
 def _forget_after_fork() -> None:
@@ -93,12 +101,60 @@ def run_sync(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> An
     return fut.result()
 
 
-async def wrap(cfut: concurrent.futures.Future) -> Any:
-    """Await a concurrent future from whatever loop the caller is running."""
-    return await asyncio.wrap_future(cfut)
+def still_running(exc: BaseException, message: str) -> BaseException:
+    """``exc`` (an interrupt) made to show as the one line ``message`` in IPython
+    (``_render_traceback_``) and to carry it as a note elsewhere; returned for ``raise``."""
+    exc._render_traceback_ = lambda: [message]
+    if message not in str(exc):
+        exc.add_note(message)
+    return exc
+
+
+async def wrap(
+    cfut: concurrent.futures.Future, *, describe: Callable[[], str] | None = None, cancel: bool = False
+) -> Any:
+    """Await a concurrent future from whatever loop the caller is running, waking that loop every
+    ``WAKE`` s (so a kernel interrupt is seen at once).
+
+    Cancelling the awaiting task does not cancel ``cfut`` (a job's or a sweep's outcome is not the
+    caller's to cancel) unless ``cancel`` is set (the future stands for the caller's own call);
+    ``describe()`` then gives the one line shown instead of the cancellation's traceback.
+    """
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def copy(_: concurrent.futures.Future) -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_result(None))
+        except RuntimeError:  # the caller's loop was closed meanwhile: nobody waits any more
+            pass
+
+    cfut.add_done_callback(copy)
+    try:
+        while not ready.done():
+            await asyncio.wait([ready], timeout=WAKE)
+    except asyncio.CancelledError as exc:
+        if cancel:
+            cfut.cancel()
+        elif describe is not None and not cfut.done():
+            raise still_running(exc, describe()) from None
+        raise
+    return cfut.result()
+
+
+def wait(cfut: concurrent.futures.Future, timeout: float | None, describe: Callable[[], str]) -> bool:
+    """Block until ``cfut`` is done or ``timeout`` passed (False then). On an interrupt (Ctrl-C, a
+    kernel's interrupt), raise a KeyboardInterrupt that says ``describe()`` in one line."""
+    try:
+        done, _ = concurrent.futures.wait([cfut], timeout=timeout)
+    except KeyboardInterrupt:
+        if cfut.done():
+            raise
+        raise still_running(KeyboardInterrupt(describe()), describe()) from None
+    return bool(done)
 
 
 async def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on the private loop and await it from whatever loop the caller is running:
-    the ``await`` twin of :func:`run_sync`."""
-    return await wrap(submit(coro))
+    the ``await`` twin of :func:`run_sync` (cancelling the caller cancels ``coro``)."""
+    return await wrap(submit(coro), cancel=True)
