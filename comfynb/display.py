@@ -57,8 +57,8 @@ PLAYER = 320  # pixels: the width of video players and animations
 FETCH_TIMEOUT = 15.0  # seconds a display may wait for images before listing their names instead
 _MAX_ROWS = 10  # node errors / failed jobs listed in one table
 FRAME_ROWS = 20  # rows of a results frame shown
-FRAME_THUMBNAIL = 64  # pixels, thumbnails in a results frame
-_CELL = "text-align:left;padding:3px 10px;border-bottom:1px solid rgba(128,128,128,0.25);vertical-align:top"
+FRAME_THUMBNAIL = 48  # pixels, thumbnails in a results frame
+_CELL = "text-align:left;padding:3px 10px;border-bottom:1px solid rgba(128,128,128,0.25);vertical-align:middle"
 _NOWRAP = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
 _sessions: weakref.WeakSet = weakref.WeakSet()  # sessions seen, to fetch thumbnails of frames
 
@@ -87,13 +87,22 @@ def seconds(value: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def params_text(tags: dict | None, limit: int = 80) -> str:
-    """A sweep row's parameters, compactly (``KSampler.seed=3, KSampler.cfg=7.0``)."""
+def params_text(tags: dict | None, limit: int = 80, short: bool = False) -> str:
+    """A sweep row's parameters, compactly (``KSampler.seed=3, KSampler.cfg=7.0``; with ``short``,
+    ``seed=3, cfg=7.0`` where the input name alone is unambiguous)."""
     params = (tags or {}).get("params") if isinstance(tags, dict) else None
     if not isinstance(params, dict):
         return ""
-    text = ", ".join(f"{k}={v}" for k, v in params.items())
+    names = short_names(params) if short else {k: k for k in params}
+    text = ", ".join(f"{names[k]}={v}" for k, v in params.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_names(addresses: Iterable[str]) -> dict[str, str]:
+    """Each address (``KSampler.seed``) by its input name (``seed``) where that is unambiguous."""
+    addresses = list(addresses)
+    inputs = collections.Counter(str(a).rpartition(".")[2] for a in addresses)
+    return {a: (str(a).rpartition(".")[2] if inputs[str(a).rpartition(".")[2]] == 1 else str(a)) for a in addresses}
 
 
 def error_text(error: BaseException | None, limit: int = 200) -> str:
@@ -320,7 +329,7 @@ def failures_html(
         rows.append(
             [
                 esc(index),
-                _tip(text),
+                _tip(text, params_text({"params": params}, 400, short=True)),
                 badge(job.status),
                 f'<code title="{esc(job.prompt_id)}">{esc(job.prompt_id[:8])}</code>',
                 _tip(message),
@@ -529,13 +538,16 @@ def frame_html(frame: pd.DataFrame, *, session: Any = None, rows: int = FRAME_RO
         for u in list(images)[:4]
         if isinstance(u, str)
     ]
-    thumbs: dict[str, str | None] = {}
+    thumbs: dict[str, str | None] = {}  # by URL: a data URI, or None (a link instead)
     if thumbnails and urls:
         owner = session if session is not None else _owner(urls)
         if owner is not None:
             for url, blob in _fetch_urls(owner, urls).items():
                 thumbs[url] = thumbnail_uri(blob, FRAME_THUMBNAIL) if isinstance(blob, bytes) else None
-    header = ["#", *params, "prompt", "status", "started", "waited", "ran", "images", "error"]
+    names = short_names(params)
+    errors = "error" in shown and shown["error"].notna().any() and (shown["error"].astype(str) != "").any()
+    header = ["#", *(names[p] for p in params), "images", "status", "prompt", "started", "waited", "ran"]
+    header += ["error"] if errors else []
     body = []
     for position, (_, row) in enumerate(shown.iterrows()):
         get = row.get
@@ -545,19 +557,19 @@ def frame_html(frame: pd.DataFrame, *, session: Any = None, rows: int = FRAME_RO
         index = position if index is None or index != index else int(index)
         error = get("error")
         error = "" if error is None or error != error else str(error).replace(pid, pid[:8])
-        body.append(
-            [
-                esc(index),
-                *(_tip(str(get(p))) for p in params),
-                f'<code title="{esc(pid)}">{esc(pid[:8])}</code>',
-                badge(status),
-                _when(get("started_at")),
-                esc(seconds(get("queue_wait")) if get("queue_wait") == get("queue_wait") else ""),
-                esc(seconds(get("run_time")) if get("run_time") == get("run_time") else ""),
-                _files_cell(get("images"), thumbs),
-                _tip(error, error if len(error) <= 80 else error[:79] + "…"),
-            ]
-        )
+        cells = [
+            esc(index),
+            *(_tip(f"{p}={get(p)}", str(get(p))) for p in params),
+            _files_cell(get("images"), thumbs),
+            badge(status),
+            f'<code title="{esc(pid)}">{esc(pid[:8])}</code>',
+            _when(get("started_at")),
+            esc(seconds(get("queue_wait")) if get("queue_wait") == get("queue_wait") else ""),
+            esc(seconds(get("run_time")) if get("run_time") == get("run_time") else ""),
+        ]
+        if errors:
+            cells.append(_tip(error, error if len(error) <= 80 else error[:79] + "…"))
+        body.append(cells)
     widths = ["", *(["160px"] * len(params)), "", "", "", "", "", "", "360px"]
     more = len(frame) - len(shown)
     tail = f'<div style="opacity:0.7">+{more} more rows</div>' if more > 0 else ""

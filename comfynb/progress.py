@@ -122,6 +122,12 @@ def outcome(job: Job) -> str:
     return status
 
 
+def _result(job: Job) -> Any:
+    """The Result of a job that succeeded, read without waiting (views also render on comfynb's
+    loop thread, where ``job.result()`` refuses to run)."""
+    return job._state.future.result(timeout=0)
+
+
 def counts_text(counts: dict[str, int]) -> str:
     """``21 ok · 1 error · 2 cancelled``: the outcomes that occurred, in a fixed order."""
     return " · ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
@@ -325,11 +331,12 @@ class Tally:
             resends = max(0, job.attempts - 1 - moves) if resends is None else resends
             self.moved += moves
             self.resent += resends
-            started = self.start_of(job)
-            if started is not None and kind == "ok":
-                self._run[0] += max(0.0, end - started)
-                self._run[1] += max(0.0, started - job.submitted_at)
-                self._run[2] += 1
+            if kind == "ok":  # the server's figures
+                result = _result(job)
+                if result.run_time is not None and result.queue_wait is not None:
+                    self._run[0] += result.run_time
+                    self._run[1] += max(0.0, result.queue_wait)
+                    self._run[2] += 1
         if job.server:
             self.by_server.setdefault(job.server, collections.Counter())["failed" if kind in FAILED else kind] += 1
         if kind in FAILED:
@@ -452,7 +459,7 @@ def job_times(job: Job, now: float, started: float | None) -> str:
     """``waited 0.40 s · ran 1.20 s``: queue wait and run time apart (no negative times); the
     server's own figures once the job succeeded."""
     if job.status == SUCCESS:
-        result = job.result()
+        result = _result(job)
         if result.run_time is not None and result.queue_wait is not None:
             return f"waited {_display.seconds(max(0.0, result.queue_wait))} · ran {_display.seconds(result.run_time)}"
     end = job.finished_at or now
@@ -466,7 +473,7 @@ def job_details(job: Job, now: float, started: float | None = None, params: dict
     """What one job is doing: parameters, nodes, the running node and its step, error."""
     prog = job.progress
     parts = []
-    text = _display.params_text({"params": params} if params else job.tags, 60)
+    text = _display.params_text({"params": params} if params else job.tags, 60, short=True)
     if text:
         parts.append(text)
     if prog.nodes_total:
@@ -506,8 +513,13 @@ def tally_details(snap: Snapshot) -> list[str]:
             parts.append(f"{snap.waiting} waiting")
         if snap.rate:
             parts.append(f"{snap.rate:.1f}/s · ETA {clock(snap.eta)}")
-    elif snap.elapsed is not None:
-        parts.append(_display.seconds(snap.elapsed))
+    else:
+        if snap.elapsed is not None:
+            parts.append(_display.seconds(snap.elapsed))
+        if snap.run_time is not None:
+            parts.append(
+                f"each waited {_display.seconds(snap.queue_wait)}, ran {_display.seconds(snap.run_time)} (mean)"
+            )
     recovery = recovery_text(snap.moved, snap.resent)
     if recovery:
         parts.append(recovery)
@@ -651,7 +663,8 @@ def strip_html(thumbs: list[tuple[Job, dict, str | None]]) -> str:
         return ""
     cells = []
     for job, params, uri in thumbs:
-        caption = _display.params_text({"params": params}, 200) or job.prompt_id[:8]
+        full = _display.params_text({"params": params}, 200) or job.prompt_id
+        caption = _display.params_text({"params": params}, 200, short=True) or job.prompt_id[:8]
         picture = (
             f'<img src="{uri}" style="width:96px;height:96px;object-fit:contain;display:block">'
             if uri
@@ -659,7 +672,7 @@ def strip_html(thumbs: list[tuple[Job, dict, str | None]]) -> str:
         )
         cells.append(
             f'<figure style="margin:0 6px 0 0;width:96px;display:inline-block;vertical-align:top">{picture}'
-            f'<figcaption style="font-size:11px;{_NOWRAP}" title="{_display.esc(caption)}">'
+            f'<figcaption style="font-size:11px;{_NOWRAP}" title="{_display.esc(full)}">'
             f"{_display.esc(caption)}</figcaption></figure>"
         )
     return f'<div class="comfynb-strip" style="white-space:nowrap;overflow:hidden">{"".join(cells)}</div>'
@@ -724,7 +737,8 @@ class WidgetView(View):
 
         super().__init__()
         self.rows = max(1, rows)
-        self._body = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", min_width="0"))
+        # a definite width: the body's long lines are cut to it, never pushing the button away
+        self._body = widgets.HTML(layout=widgets.Layout(width="calc(100% - 88px)", min_width="0"))
         self._stop = widgets.Button(
             description="Stop",
             icon="stop",
@@ -819,7 +833,7 @@ class WidgetView(View):
         if job.status != SUCCESS:
             return body + (_display.error_html(job.error) if job.error else ""), False
         if self._thumbnails is None:
-            result = job.result()
+            result = _result(job)
             refs = _display.thumbnail_refs(result, THUMBNAILS)
             self._thumbnails = (result, refs, _loop.submit(_display.fetch_images(refs)))
         result, refs, fetching = self._thumbnails
@@ -846,7 +860,7 @@ class WidgetView(View):
             pid = job.prompt_id
             if pid in self._thumbs or pid in self._fetching:
                 continue
-            images = job.result().images[:1]
+            images = _display.thumbnail_refs(_result(job), 1)
             if images:
                 self._fetching[pid] = _loop.submit(_display.fetch_images(images))
             else:
