@@ -545,7 +545,9 @@ def tally_line(snap: Snapshot, title: str = "") -> str:
 # -- HTML ---------------------------------------------------------------------------------------------
 
 _NOWRAP = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0"
-_ROW_COLUMNS = "96px 72px minmax(0,1fr) 120px 150px"  # status, id, details, step bar, times
+# status, id, details, step bar, times: the same columns in every row, so the bars line up; the
+# details column gives way first on narrow screens (its text is cut, the full text is the tooltip)
+_ROW_COLUMNS = "92px 64px minmax(40px,1fr) minmax(48px,120px) 96px"
 _MUTED = "opacity:0.7"
 
 
@@ -576,8 +578,16 @@ def step_bar(value: float, colour: str) -> str:
     )
 
 
-def row_html(tally: Tally, job: Job, now: float) -> str:
-    """One job as a fixed grid row: status, short id, details (cut, full text as tooltip), step bar, times."""
+def short_times(job: Job, now: float, started: float | None) -> str:
+    """The one figure a row has room for: run time once running, else the wait so far."""
+    if started is None and job.status != SUCCESS:
+        return f"waited {_display.seconds(max(0.0, (job.finished_at or now) - job.submitted_at))}"
+    return job_times(job, now, started).rpartition(" · ")[2]
+
+
+def row_html(tally: Tally, job: Job, now: float, full: bool = False) -> str:
+    """One job as a fixed grid row: status, short id, details (cut, full text as tooltip), step bar,
+    times (``full``: wait and run time, else the one that matters now, both in the tooltip)."""
     status = shown_status(job)
     colour = _display.COLOURS.get(job.status, "#9e9e9e")
     _, params = tally.where(job)
@@ -588,10 +598,15 @@ def row_html(tally: Tally, job: Job, now: float) -> str:
         _td(job.prompt_id, html=f"<code>{job.prompt_id[:8]}</code>"),
         _td(details),
         step_bar(fraction(job), colour),
-        _td(times, f"text-align:right;{_MUTED}"),
+        _td(
+            times,
+            f"text-align:right;{_MUTED}",
+            _display.esc(times if full else short_times(job, now, tally.start_of(job))),
+        ),
     ]
+    columns = _ROW_COLUMNS.replace("96px", "minmax(96px,auto)") if full else _ROW_COLUMNS
     return (
-        f'<div class="comfynb-row" style="display:grid;grid-template-columns:{_ROW_COLUMNS};gap:8px;'
+        f'<div class="comfynb-row" style="display:grid;grid-template-columns:{columns};gap:8px;'
         f'align-items:center;line-height:20px">{"".join(cells)}</div>'
     )
 
@@ -604,12 +619,12 @@ def header_html(tally: Tally, snap: Snapshot) -> str:
     bar = stacked_bar(snap.counts, snap.total, len(snap.running), snap.queued)
     title_html = f'<b>{_display.esc(title)}</b> <span style="{_MUTED}">{ended}</span>'
     return (
-        f'<div class="comfynb-head" style="display:grid;grid-template-columns:minmax(0,1fr) 240px;gap:2px 12px;'
-        f'align-items:center;line-height:20px">'
+        '<div class="comfynb-head" style="display:grid;grid-template-columns:minmax(0,1fr) minmax(96px,35%);'
+        'gap:2px 12px;align-items:center;line-height:20px">'
         f"{_td(title, html=title_html)}"
         f"{bar}"
-        f"{_td(details, html=_coloured_details(details, snap))}"
-        f"<div></div></div>"
+        f"{_td(details, 'grid-column:1 / -1', _coloured_details(details, snap))}"
+        "</div>"
     )
 
 
@@ -679,7 +694,12 @@ def strip_html(thumbs: list[tuple[Job, dict, str | None]]) -> str:
 
 
 def _frame(body: str) -> str:
-    return f'<div class="comfynb-view" style="max-width:100%;font-size:13px;overflow:hidden">{body}</div>'
+    """The view's box. ``contain:inline-size`` keeps its long one-line texts from widening the
+    widget's flex box (they are cut instead); the line height is ours, not the widget's 28 px."""
+    return (
+        '<div class="comfynb-view" style="width:100%;max-width:100%;contain:inline-size;overflow:hidden;'
+        f'font-size:13px;line-height:20px;white-space:normal">{body}</div>'
+    )
 
 
 # -- views ------------------------------------------------------------------------------------------
@@ -819,7 +839,7 @@ class WidgetView(View):
 
     def _render_single(self, job: Job) -> tuple[str, bool]:
         now = time.time()
-        body = row_html(self.tally, job, now)
+        body = row_html(self.tally, job, now, full=True)
         preview = job.latest_preview
         if not job.done():
             if preview is not None and preview is not self._shown_preview:
