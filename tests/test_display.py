@@ -174,3 +174,15 @@ def test_a_job_in_flight_is_shown_as_it_is_now(make_session, formatter):
 
 def test_register_outside_ipython_does_nothing():
     assert register() is False  # pytest runs no IPython shell
+
+
+def test_contact_sheet_reads_in_dark_themes_with_legible_labels(make_session):
+    """A dark neutral ground (no white block in a dark notebook) and labels at least 14 px tall."""
+    session = make_session()
+    sweep = session.sweep(txt2img(), grid={"KSampler.seed": [1, 2], "KSampler.cfg": [4.0, 7.0]})
+    sweep.result(WAIT)
+    sheet = sweep.contact_sheet("KSampler.seed", "KSampler.cfg", size=64).convert("L")
+    assert sheet.getpixel((1, 1)) < 80  # dark ground
+    # the title band: rows holding light (label) pixels span at least 10 px of height
+    band = [y for y in range(22) if any(sheet.getpixel((x, y)) > 180 for x in range(sheet.width))]
+    assert band and band[-1] - band[0] >= 10, band

@@ -233,6 +233,21 @@ def test_failover_is_told_as_moved_and_its_warnings_stay_in_the_view(make_sessio
     assert any("again" in r.getMessage() for r in caught)  # and logging got the record too
 
 
+def test_prompts_a_restarted_server_forgot_are_told_as_resent(make_session):
+    session = make_session(node_time=0.05)
+    jobs = [session.submit(txt2img(seed=s)) for s in range(6)]
+    view = comfynb.progress(jobs, mode="text")
+    until(lambda: any(job.status == "running" for job in jobs))
+    session.simulator.restart()
+    for job in jobs:
+        job.result(WAIT)
+    resent = sum(job.attempts - 1 for job in jobs)
+    assert resent >= 1
+    line = until(lambda: view.closed and view.line())
+    assert "6/6 · 6 ok · " in line and f"{resent} resent" in line and "moved" not in line, line
+    assert any("again" in text for _, text in view.tally.notices)
+
+
 def test_resumed_rows_are_not_throughput_and_a_finished_sweep_has_no_negative_time(tmp_path):
     journal = tmp_path / "sweeps.sqlite"
     with Simulator(node_time=0.01).running() as sim:
