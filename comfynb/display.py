@@ -205,8 +205,9 @@ def table(header: list[str], rows: list[list[Any]], widths: list[str] | None = N
             cells.append(f'<td style="{style}">{cell}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
+        '<div style="overflow-x:auto;max-width:100%">'  # scrolls sideways rather than being cut
         '<table style="border-collapse:collapse;margin:4px 0;font-size:13px;color:inherit;background:transparent">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 

@@ -547,7 +547,7 @@ def tally_line(snap: Snapshot, title: str = "") -> str:
 _NOWRAP = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0"
 # status, id, details, step bar, times: the same columns in every row, so the bars line up; the
 # details column gives way first on narrow screens (its text is cut, the full text is the tooltip)
-_ROW_COLUMNS = "92px 64px minmax(40px,1fr) minmax(48px,120px) 96px"
+_ROW_COLUMNS = "92px 78px minmax(40px,1fr) minmax(48px,120px) 96px"
 _MUTED = "opacity:0.7"
 
 
