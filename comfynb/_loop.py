@@ -104,7 +104,7 @@ def run_sync(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> An
 def still_running(exc: BaseException, message: str) -> BaseException:
     """``exc`` (an interrupt) made to show as the one line ``message`` in IPython
     (``_render_traceback_``) and to carry it as a note elsewhere; returned for ``raise``."""
-    exc._render_traceback_ = lambda: [message]
+    exc._render_traceback_ = lambda: [message]  # type: ignore[attr-defined]
     if message not in str(exc):
         exc.add_note(message)
     return exc
@@ -123,9 +123,13 @@ async def wrap(
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
 
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
     def copy(_: concurrent.futures.Future) -> None:
         try:
-            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_result(None))
+            loop.call_soon_threadsafe(wake)
         except RuntimeError:  # the caller's loop was closed meanwhile: nobody waits any more
             pass
 

@@ -316,7 +316,8 @@ def failures_html(
     """The first failed jobs as a table: row, parameters, how it ended, short id, why (without the
     id again); "+N more" beyond ``limit`` (``more`` counts failures not in ``jobs``). ``where(job)``
     gives the row and parameters of jobs that carry no tags (rows never sent)."""
-    rows, extra = [], more
+    rows: list[list[str]] = []
+    extra = more
     for job in jobs:
         if job is None or job.status not in FAILED or getattr(job._state, "cancel_requested", False):
             continue

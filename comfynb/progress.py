@@ -359,11 +359,11 @@ class Tally:
     def server_rows(self, running: list[Job]) -> list[dict]:
         """One row per server of the watched sessions: its state and our jobs' outcomes there."""
         here = collections.Counter(job.server for job in running)
-        rows = []
+        rows: list[dict] = []
         for session in self.sessions:
             down = set(session.down_servers())
             for server in getattr(session, "_servers", ()):
-                counts = self.by_server.get(server.url, {})
+                counts = self.by_server.get(server.url) or collections.Counter()
                 rows.append(
                     {
                         "server": server.url,
@@ -937,10 +937,13 @@ class TextView(View):
         self._count_lock = threading.Lock()
         self._told = 0  # notices written so far
 
-    def add(self, item: Job | Sweep | Iterable) -> View | None:
+    def add_open(self, item: Job | Sweep | Iterable) -> TextView | None:
         """Like :meth:`View.add`, but None once the line was finished (then start another view)."""
         with self._flush_lock:
-            return None if self.closed else super().add(item)
+            if self.closed:
+                return None
+            self.add(item)
+            return self
 
     def _watch_job(self, job: Job) -> None:
         if _kernel_shell() is not None:
@@ -1059,7 +1062,8 @@ class _Router(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-            pids = [getattr(record, "prompt_id", None)] if getattr(record, "prompt_id", None) else []
+            given = getattr(record, "prompt_id", None)
+            pids: list[str] = [str(given)] if given else []
             pids += _PROMPT_ID.findall(message)
             server = getattr(record, "server", None)
             with self._views_lock:
@@ -1073,7 +1077,7 @@ class _Router(logging.Handler):
                         text = text.replace(pid, pid[:8])
                     view.notice(text)
                     taken = True
-            if not taken and not logging.getLogger().handlers:
+            if not taken and not logging.getLogger().handlers and logging.lastResort is not None:
                 logging.lastResort.handle(record)
         except Exception:
             self.handleError(record)
@@ -1174,7 +1178,7 @@ def _text(item: Job | Sweep | Iterable) -> TextView:
     once the last one ended."""
     global _text_view
     with _lock:
-        view = _text_view.add(item) if _text_view is not None else None
+        view = _text_view.add_open(item) if _text_view is not None else None
         if view is None:
             _text_view = view = TextView()
             view.add(item)

@@ -561,7 +561,7 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
         for c, vx in enumerate(xs):
             url, status = cells.get((vx, vy), (None, "missing"))
             box = (left + c * size, top)
-            data = fetched.get(url)
+            data = fetched.get(url) if url is not None else None
             if isinstance(data, bytes):
                 try:
                     thumb = first_frame(data)  # a picture, an animation's or a video's first frame

@@ -471,7 +471,7 @@ def test_waits_stop_at_an_interrupt_with_one_line_and_the_widget_leaves_a_summar
     # The sweep's widget (shown in the first cell) was replaced by its static summary.
     deadline = time.monotonic() + 10
     updates: list = []
-    while time.monotonic() < deadline and not any("cancelled" in u["text/plain"] for u in updates):
+    while time.monotonic() < deadline and not any(u["text/plain"].startswith("sweep cfg-by-seed |") for u in updates):
         more, _ = run_cell(kernel, "import time; time.sleep(0.3)")
         messages += more
         updates = [m["content"]["data"] for m in messages if m["msg_type"] == "update_display_data"]
