@@ -6,8 +6,9 @@ from a plain script, from inside someone else's running loop (Jupyter), and with
 
 Waiting must stay interruptible. A Jupyter interrupt is a SIGINT, whose Python handler only runs
 once the kernel's main thread wakes up; ipykernel 7's loop sleeps until a socket has data, and a
-future resolved on our thread wakes it only at the very end. So :func:`wrap` wakes its caller's
-loop every ``WAKE`` seconds while it waits. An interrupted wait (a cancelled ``await``, or Ctrl-C in
+future resolved on our thread wakes it only at the very end. So while anything awaits one of our
+futures, one timer per loop (:func:`awake`) wakes that loop every ``WAKE`` seconds: one, however
+many jobs ``asyncio.gather`` awaits. An interrupted wait (a cancelled ``await``, or Ctrl-C in
 a blocking one) says in one line what is still running and how to stop it, instead of a traceback
 through ``concurrent.futures``; the work itself goes on until it is cancelled.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from .errors import Timeout
@@ -28,6 +30,7 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _inherited: list[asyncio.AbstractEventLoop] = []
 WAKE = 0.2  # seconds between two wake-ups of a caller's loop awaiting one of our futures
+_awake: dict[asyncio.AbstractEventLoop, list] = {}  # loop -> [waiters, its timer task]
 
 
 def _forget_after_fork() -> None:
@@ -110,6 +113,29 @@ def still_running(exc: BaseException, message: str) -> BaseException:
     return exc
 
 
+async def _tick(loop: asyncio.AbstractEventLoop) -> None:
+    """Wake ``loop`` every ``WAKE`` s while something of ours is awaited on it."""
+    while _awake[loop][0] > 0:
+        await asyncio.sleep(WAKE)
+    del _awake[loop]
+
+
+@contextlib.asynccontextmanager
+async def awake() -> AsyncIterator[None]:
+    """Keep the running loop waking up every ``WAKE`` s for the duration (one timer per loop)."""
+    loop = asyncio.get_running_loop()
+    entry = _awake.get(loop)
+    if entry is None:
+        entry = _awake[loop] = [0, None]
+    entry[0] += 1
+    if entry[1] is None:
+        entry[1] = loop.create_task(_tick(loop))
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+
+
 async def wrap(
     cfut: concurrent.futures.Future, *, describe: Callable[[], str] | None = None, cancel: bool = False
 ) -> Any:
@@ -135,8 +161,8 @@ async def wrap(
 
     cfut.add_done_callback(copy)
     try:
-        while not ready.done():
-            await asyncio.wait([ready], timeout=WAKE)
+        async with awake():
+            await ready
     except asyncio.CancelledError as exc:
         if cancel:
             cfut.cancel()

@@ -209,9 +209,11 @@ class as_completed:
         for _ in self._jobs:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                yield await asyncio.wait_for(finished.get(), remaining)
+                async with _loop.awake():  # a kernel interrupt is seen between two jobs' ends too
+                    job = await asyncio.wait_for(finished.get(), remaining)
             except TimeoutError:
                 raise self._expired() from None
+            yield job
 
     def _expired(self) -> Timeout:
         left = sum(not job.done() for job in self._jobs)

@@ -463,6 +463,8 @@ def test_waits_stop_at_an_interrupt_with_one_line_and_the_widget_leaves_a_summar
             r"sweep cfg-by-seed still running \(\d+/24\): sweep\.cancel\(\) stops it", error["traceback"][0]
         )
         assert after < 5.0  # the cell stopped at the interrupt, long before the sweep ends
+    messages, after = run_cell(kernel, "async for done in sweep.as_completed():\n    pass", interrupt_after=1.0)
+    assert errors(messages) and after < 5.0  # `async for` over jobs stops at the interrupt too
     messages, _ = run_cell(kernel, "job = session.submit(wf)\njob.result()", interrupt_after=0.3)
     [error] = errors(messages)
     assert re.fullmatch(r"job \w{8} still (pending|queued|running): job\.cancel\(\) stops it", error["traceback"][0])
