@@ -38,7 +38,7 @@ from .errors import ComfyError, ExecutionError, ValidationError
 from .jobs import Job
 from .results import IN_MEMORY, FileRef, ImageRef, Result, first_frame
 from .sweep import Sweep
-from .tracker import TERMINAL
+from .tracker import CANCELLED, INTERRUPTED, SUCCESS, TERMINAL
 
 COLOURS = {
     "pending": "#9e9e9e",
@@ -51,6 +51,20 @@ COLOURS = {
     "lost": "#6a1b9a",
 }
 FAILED = frozenset(TERMINAL - {"success"})
+# Outcomes, in the order they are told. Cancelled and closed (the session was closed) are what
+# the user asked for, not failures.
+OUTCOMES = ("ok", "error", "lost", "interrupted", "cancelled", "closed")
+FAILED_OUTCOMES = frozenset({"error", "lost", "interrupted"})
+OUTCOME_COLOURS = {
+    "ok": COLOURS["success"],
+    "error": COLOURS["error"],
+    "lost": COLOURS["lost"],
+    "interrupted": COLOURS["interrupted"],
+    "cancelled": "#9e9e9e",
+    "closed": "#bdbdbd",
+    "running": COLOURS["running"],
+    "queued": "#90caf9",
+}
 THUMBNAIL = 192  # pixels, longest side
 INLINE_LIMIT = 4 << 20  # bytes: smaller media are embedded (the notebook keeps them), larger ones stream from /view
 PLAYER = 320  # pixels: the width of video players and animations
@@ -289,20 +303,35 @@ def job_html(job: Job) -> str:
     return f'<div class="comfynb-job"><div>{" · ".join(facts)}</div>{body}</div>'
 
 
-def bar_html(counts: dict[str, int], total: int) -> str:
-    """A static stacked bar: one coloured segment per status."""
-    segments = (
-        "".join(
-            f'<div title="{n} {esc(s)}" style="width:{100 * n / total:.3f}%;background:{COLOURS[s]}"></div>'
-            for s, n in counts.items()
-            if n and s in COLOURS
-        )
-        if total
-        else ""
+def outcome(job: Job) -> str:
+    """How an ended job is counted: ok, error, lost, interrupted, cancelled (also a running job
+    stopped on request) or closed (its session was closed first)."""
+    status = job.status
+    if status == SUCCESS:
+        return "ok"
+    if status == CANCELLED:
+        return "closed" if "session was closed" in str(job.error) else "cancelled"
+    if status == INTERRUPTED and getattr(job._state, "cancel_requested", False):
+        return "cancelled"
+    return status
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``21 ok · 1 error · 2 cancelled``: the outcomes that occurred, in a fixed order."""
+    return " · ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
+
+
+def stacked_bar(counts: dict[str, int], total: int, running: int = 0, queued: int = 0, width: str = "100%") -> str:
+    """A bar with one segment per outcome (then running and queued jobs), each with a tooltip."""
+    parts = [(o, counts.get(o, 0)) for o in OUTCOMES] + [("running", running), ("queued", queued)]
+    segments = "".join(
+        f'<div title="{n} {k}" style="width:{100 * n / total:.3f}%;background:{OUTCOME_COLOURS[k]}"></div>'
+        for k, n in parts
+        if n and total
     )
     return (
-        f'<div style="display:flex;height:10px;width:100%;max-width:480px;background:#eee;'
-        f'border-radius:3px;overflow:hidden">{segments}</div>'
+        f'<div class="comfynb-bar" style="display:flex;height:12px;width:{width};'
+        f'background:rgba(128,128,128,0.22);border-radius:3px;overflow:hidden">{segments}</div>'
     )
 
 
@@ -358,19 +387,25 @@ def _sweep_where(sweep: Sweep) -> Callable[[Job], tuple[Any, dict]]:
 
 
 def sweep_html(sweep: Sweep) -> str:
-    """A sweep now: counts by status as a bar and in words, the first failures, and its results
-    frame (compact, with thumbnails) once rows have ended."""
-    counts = collections.Counter(job.status if job is not None else "pending" for job in sweep.jobs)
+    """A sweep now: counts by outcome as a stacked bar and in words (as its live view counts
+    them), the first failures, and its results frame (compact, with thumbnails) once rows ended."""
+    jobs = [job for job in sweep.jobs if job is not None]
+    ended = collections.Counter(outcome(job) for job in jobs if job.done())
+    running = sum(job.status == "running" for job in jobs)
+    queued = sum(job.status == "queued" for job in jobs)
     total = len(sweep)
-    ended = sum(n for s, n in counts.items() if s in TERMINAL)
+    done = sum(ended.values())
+    waiting = total - done - running - queued
+    words = " · ".join(
+        [counts_text(ended)]
+        + [f"{n} {w}" for n, w in ((running, "running"), (queued, "queued"), (waiting, "waiting")) if n]
+    ).strip(" ·")
     tag = f" <b>{esc(sweep.tag)}</b>" if sweep.tag else ""
-    words = ", ".join(
-        f'<span style="color:{COLOURS.get(s, "#9e9e9e")}">{n} {esc(s)}</span>' for s, n in sorted(counts.items())
-    )
-    frame = frame_html(sweep.frame(), session=sweep.session) if ended else ""
+    frame = frame_html(sweep.frame(), session=sweep.session) if done else ""
     return (
-        f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {ended}/{total} ended '
-        f"over {esc(', '.join(sweep.plan.addresses))}</div>{bar_html(counts, total)}<div>{words}</div>"
+        f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {done}/{total} ended '
+        f"over {esc(', '.join(sweep.plan.addresses))}</div>"
+        f'<div style="max-width:480px">{stacked_bar(ended, total, running, queued)}</div><div>{esc(words)}</div>'
         f"{failures_html(sweep.jobs, where=_sweep_where(sweep))}{frame}</div>"
     )
 

@@ -52,7 +52,7 @@ from . import display as _display
 from . import session as _session
 from .jobs import Job
 from .sweep import Sweep
-from .tracker import CANCELLED, INTERRUPTED, QUEUED, RUNNING, SUCCESS, TERMINAL
+from .tracker import QUEUED, RUNNING, SUCCESS, TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +65,6 @@ STRIP_INTERVAL = 1.0  # seconds between two updates of the thumbnail strip
 NOTICES = 3  # latest warnings shown in a view
 _FAILURES = 50  # failed jobs kept for the failures table
 _BAR = 20  # characters of the text bar
-
-# Outcomes, in the order they are told. Cancelled and closed (the session was closed) are what
-# the user asked for, not failures.
-OUTCOMES = ("ok", "error", "lost", "interrupted", "cancelled", "closed")
-FAILED = frozenset({"error", "lost", "interrupted"})
-COLOURS = {
-    "ok": _display.COLOURS["success"],
-    "error": _display.COLOURS["error"],
-    "lost": _display.COLOURS["lost"],
-    "interrupted": _display.COLOURS["interrupted"],
-    "cancelled": "#9e9e9e",
-    "closed": "#bdbdbd",
-    "running": _display.COLOURS["running"],
-    "queued": "#90caf9",
-}
 
 
 def resolve_mode(progress: Any) -> str | None:
@@ -109,28 +94,10 @@ def _has_ipywidgets() -> bool:
     return importlib.util.find_spec("ipywidgets") is not None
 
 
-def outcome(job: Job) -> str:
-    """How an ended job is counted: ok, error, lost, interrupted, cancelled (also a running job
-    stopped on request) or closed (its session was closed first)."""
-    status = job.status
-    if status == SUCCESS:
-        return "ok"
-    if status == CANCELLED:
-        return "closed" if "session was closed" in str(job.error) else "cancelled"
-    if status == INTERRUPTED and getattr(job._state, "cancel_requested", False):
-        return "cancelled"
-    return status
-
-
 def _result(job: Job) -> Any:
     """The Result of a job that succeeded, read without waiting (views also render on comfynb's
     loop thread, where ``job.result()`` refuses to run)."""
     return job._state.future.result(timeout=0)
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """``21 ok · 1 error · 2 cancelled``: the outcomes that occurred, in a fixed order."""
-    return " · ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
 
 
 def recovery_text(moved: int, resent: int) -> str:
@@ -148,7 +115,7 @@ class Snapshot:
         self.total = tally.total
         self.counts = dict(tally.ended)
         self.ended = sum(self.counts.values())
-        self.failed = sum(n for o, n in self.counts.items() if o in FAILED)
+        self.failed = sum(n for o, n in self.counts.items() if o in _display.FAILED_OUTCOMES)
         self.running = running
         self.queued = queued
         self.waiting = waiting  # not accepted by a server yet (or held by a sweep)
@@ -315,7 +282,7 @@ class Tally:
 
     def _count(self, job: Job, now: float, fresh: bool) -> None:
         """An ended job: its outcome, recovery and times (under the lock)."""
-        kind = outcome(job)
+        kind = _display.outcome(job)
         self.ended[kind] += 1
         end = job.finished_at or now
         if not fresh:
@@ -338,8 +305,10 @@ class Tally:
                     self._run[1] += max(0.0, result.queue_wait)
                     self._run[2] += 1
         if job.server:
-            self.by_server.setdefault(job.server, collections.Counter())["failed" if kind in FAILED else kind] += 1
-        if kind in FAILED:
+            self.by_server.setdefault(job.server, collections.Counter())[
+                "failed" if kind in _display.FAILED_OUTCOMES else kind
+            ] += 1
+        if kind in _display.FAILED_OUTCOMES:
             self.failed_total += 1
             if len(self.failures) < _FAILURES:
                 self.failures.append(job)
@@ -503,7 +472,7 @@ def tally_details(snap: Snapshot) -> list[str]:
     recovery, servers down."""
     parts = [f"{snap.ended}/{snap.total}"]
     if snap.counts:
-        parts.append(counts_text(snap.counts))
+        parts.append(_display.counts_text(snap.counts))
     if snap.open:
         if snap.running:
             parts.append(f"{len(snap.running)} running")
@@ -556,20 +525,6 @@ def _td(text: str, style: str = "", html: str | None = None) -> str:
     return f'<div style="{_NOWRAP};{style}" title="{_display.esc(text)}">{html if html is not None else _display.esc(text)}</div>'
 
 
-def stacked_bar(counts: dict[str, int], total: int, running: int = 0, queued: int = 0, width: str = "100%") -> str:
-    """A bar with one segment per outcome (then running and queued jobs), each with a tooltip."""
-    parts = [(o, counts.get(o, 0)) for o in OUTCOMES] + [("running", running), ("queued", queued)]
-    segments = "".join(
-        f'<div title="{n} {k}" style="width:{100 * n / total:.3f}%;background:{COLOURS[k]}"></div>'
-        for k, n in parts
-        if n and total
-    )
-    return (
-        f'<div class="comfynb-bar" style="display:flex;height:12px;width:{width};'
-        f'background:rgba(128,128,128,0.22);border-radius:3px;overflow:hidden">{segments}</div>'
-    )
-
-
 def step_bar(value: float, colour: str) -> str:
     return (
         f'<div class="comfynb-step" style="height:8px;width:100%;background:rgba(128,128,128,0.22);'
@@ -616,7 +571,7 @@ def header_html(tally: Tally, snap: Snapshot) -> str:
     details = " · ".join(tally_details(snap)[1:])
     ended = f"{snap.ended}/{snap.total}"
     title = tally.title()
-    bar = stacked_bar(snap.counts, snap.total, len(snap.running), snap.queued)
+    bar = _display.stacked_bar(snap.counts, snap.total, len(snap.running), snap.queued)
     title_html = f'<b>{_display.esc(title)}</b> <span style="{_MUTED}">{ended}</span>'
     return (
         '<div class="comfynb-head" style="display:grid;grid-template-columns:minmax(0,1fr) minmax(96px,35%);'
@@ -630,10 +585,12 @@ def header_html(tally: Tally, snap: Snapshot) -> str:
 
 def _coloured_details(details: str, snap: Snapshot) -> str:
     out = _display.esc(details)
-    for o in OUTCOMES:
+    for o in _display.OUTCOMES:
         n = snap.counts.get(o)
         if n:
-            out = out.replace(f"{n} {o}", f'<span style="color:{COLOURS[o]};font-weight:bold">{n} {o}</span>', 1)
+            out = out.replace(
+                f"{n} {o}", f'<span style="color:{_display.OUTCOME_COLOURS[o]};font-weight:bold">{n} {o}</span>', 1
+            )
     return out
 
 
@@ -643,7 +600,7 @@ def servers_html(rows: list[dict]) -> str:
     body = [
         [
             _td(r["server"], html=f"<code>{_display.esc(r['server'])}</code>"),
-            f'<span style="color:{_display.COLOURS["error"] if r["state"] == "down" else COLOURS["ok"]}">'
+            f'<span style="color:{_display.COLOURS["error"] if r["state"] == "down" else _display.OUTCOME_COLOURS["ok"]}">'
             f"{r['state']}</span>",
             str(r["running"]),
             str(r["ok"]),

@@ -115,7 +115,7 @@ def test_sweep_shows_counts_bar_and_failures(make_session, formatter):
     html, text = shown(formatter, sweep)
     assert text == repr(sweep)
     assert "Sweep <b>look</b>" in html and "4/4 ended" in html
-    assert "2 success" in html and "2 error" in html
+    assert "2 ok · 2 error" in html  # counted by outcome, as the live view counts
     assert html.count('title="2 ') == 2  # two coloured segments of the bar
     assert "KSampler.cfg=-1.0" in html and "ValidationError" in html
     # ...and its results frame, compact: short ids, thumbnails in place of URLs
