@@ -40,15 +40,16 @@ from .results import IN_MEMORY, FileRef, ImageRef, Result, first_frame
 from .sweep import Sweep
 from .tracker import CANCELLED, INTERRUPTED, SUCCESS, TERMINAL
 
+# Mid tones: legible on a white page and on a dark theme's near-black alike.
 COLOURS = {
     "pending": "#9e9e9e",
-    "queued": "#607d8b",
-    "running": "#1976d2",
-    "success": "#2e7d32",
-    "error": "#c62828",
-    "interrupted": "#ef6c00",
-    "cancelled": "#757575",
-    "lost": "#6a1b9a",
+    "queued": "#78909c",
+    "running": "#1e88e5",
+    "success": "#43a047",
+    "error": "#e53935",
+    "interrupted": "#fb8c00",
+    "cancelled": "#9e9e9e",
+    "lost": "#ab47bc",
 }
 FAILED = frozenset(TERMINAL - {"success"})
 # Outcomes, in the order they are told. Cancelled and closed (the session was closed) are what
