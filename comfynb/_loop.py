@@ -3,15 +3,24 @@
 Keeping our sockets on a loop we own (the fsspec / dask pattern) means the same client works
 from a plain script, from inside someone else's running loop (Jupyter), and with
 ``nest_asyncio`` applied: callers only ever block on, or await, a ``concurrent.futures.Future``.
+
+Waiting must stay interruptible. A Jupyter interrupt is a SIGINT, whose Python handler only runs
+once the kernel's main thread wakes up; ipykernel 7's loop sleeps until a socket has data, and a
+future resolved on our thread wakes it only at the very end. So while anything awaits one of our
+futures, one timer per loop (:func:`awake`) wakes that loop every ``WAKE`` seconds: one, however
+many jobs ``asyncio.gather`` awaits. An interrupted wait (a cancelled ``await``, or Ctrl-C in
+a blocking one) says in one line what is still running and how to stop it, instead of a traceback
+through ``concurrent.futures``; the work itself goes on until it is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from .errors import Timeout
@@ -20,6 +29,8 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _inherited: list[asyncio.AbstractEventLoop] = []
+WAKE = 0.2  # seconds between two wake-ups of a caller's loop awaiting one of our futures
+_awake: dict[asyncio.AbstractEventLoop, list] = {}  # loop -> [waiters, its timer task]
 
 
 def _forget_after_fork() -> None:
@@ -93,12 +104,87 @@ def run_sync(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> An
     return fut.result()
 
 
-async def wrap(cfut: concurrent.futures.Future) -> Any:
-    """Await a concurrent future from whatever loop the caller is running."""
-    return await asyncio.wrap_future(cfut)
+def still_running(exc: BaseException, message: str) -> BaseException:
+    """``exc`` (an interrupt) made to show as the one line ``message`` in IPython
+    (``_render_traceback_``) and to carry it as a note elsewhere; returned for ``raise``."""
+    exc._render_traceback_ = lambda: [message]  # type: ignore[attr-defined]
+    if message not in str(exc):
+        exc.add_note(message)
+    return exc
+
+
+async def _tick(loop: asyncio.AbstractEventLoop) -> None:
+    """Wake ``loop`` every ``WAKE`` s while something of ours is awaited on it."""
+    while _awake[loop][0] > 0:
+        await asyncio.sleep(WAKE)
+    del _awake[loop]
+
+
+@contextlib.asynccontextmanager
+async def awake() -> AsyncIterator[None]:
+    """Keep the running loop waking up every ``WAKE`` s for the duration (one timer per loop)."""
+    loop = asyncio.get_running_loop()
+    entry = _awake.get(loop)
+    if entry is None:
+        entry = _awake[loop] = [0, None]
+    entry[0] += 1
+    if entry[1] is None:
+        entry[1] = loop.create_task(_tick(loop))
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+
+
+async def wrap(
+    cfut: concurrent.futures.Future, *, describe: Callable[[], str] | None = None, cancel: bool = False
+) -> Any:
+    """Await a concurrent future from whatever loop the caller is running, waking that loop every
+    ``WAKE`` s (so a kernel interrupt is seen at once).
+
+    Cancelling the awaiting task does not cancel ``cfut`` (a job's or a sweep's outcome is not the
+    caller's to cancel) unless ``cancel`` is set (the future stands for the caller's own call);
+    ``describe()`` then gives the one line shown instead of the cancellation's traceback.
+    """
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    def copy(_: concurrent.futures.Future) -> None:
+        try:
+            loop.call_soon_threadsafe(wake)
+        except RuntimeError:  # the caller's loop was closed meanwhile: nobody waits any more
+            pass
+
+    cfut.add_done_callback(copy)
+    try:
+        async with awake():
+            await ready
+    except asyncio.CancelledError as exc:
+        if cancel:
+            cfut.cancel()
+        elif describe is not None and not cfut.done():
+            raise still_running(exc, describe()) from None
+        raise
+    return cfut.result()
+
+
+def wait(cfut: concurrent.futures.Future, timeout: float | None, describe: Callable[[], str]) -> bool:
+    """Block until ``cfut`` is done or ``timeout`` passed (False then). On an interrupt (Ctrl-C, a
+    kernel's interrupt), raise a KeyboardInterrupt that says ``describe()`` in one line."""
+    try:
+        done, _ = concurrent.futures.wait([cfut], timeout=timeout)
+    except KeyboardInterrupt:
+        if cfut.done():
+            raise
+        raise still_running(KeyboardInterrupt(describe()), describe()) from None
+    return bool(done)
 
 
 async def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on the private loop and await it from whatever loop the caller is running:
-    the ``await`` twin of :func:`run_sync`."""
-    return await wrap(submit(coro))
+    the ``await`` twin of :func:`run_sync` (cancelling the caller cancels ``coro``)."""
+    return await wrap(submit(coro), cancel=True)

@@ -10,6 +10,12 @@ keeps the client importable and testable without IPython, and costs nothing in p
 
 Everything shown is a snapshot taken when the object is displayed; live views are
 :mod:`comfynb.progress`. Server-supplied text (messages, file names, tracebacks) is escaped.
+
+Results frames get a compact HTML form (``df.comfynb.show()``, a pandas accessor registered here,
+also used by a sweep's display): short ids with the full id as tooltip, times that do not wrap,
+thumbnails in place of lists of ``/view`` URLs. Tables use inline styles only, so they keep their
+padding and colours where a notebook viewer strips ``<style>`` elements, and they take the
+theme's text colour, so they read in dark themes too.
 """
 
 from __future__ import annotations
@@ -21,42 +27,70 @@ import html
 import io
 import sys
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import pandas as pd
 
 from . import _loop
 from .errors import ComfyError, ExecutionError, ValidationError
 from .jobs import Job
 from .results import IN_MEMORY, FileRef, ImageRef, Result, first_frame
 from .sweep import Sweep
-from .tracker import TERMINAL
+from .tracker import CANCELLED, INTERRUPTED, SUCCESS, TERMINAL
 
+# Mid tones: legible on a white page and on a dark theme's near-black alike.
 COLOURS = {
     "pending": "#9e9e9e",
-    "queued": "#607d8b",
-    "running": "#1976d2",
-    "success": "#2e7d32",
-    "error": "#c62828",
-    "interrupted": "#ef6c00",
-    "cancelled": "#757575",
-    "lost": "#6a1b9a",
+    "queued": "#78909c",
+    "running": "#1e88e5",
+    "success": "#43a047",
+    "error": "#e53935",
+    "interrupted": "#fb8c00",
+    "cancelled": "#9e9e9e",
+    "lost": "#ab47bc",
 }
 FAILED = frozenset(TERMINAL - {"success"})
+# Outcomes, in the order they are told. Cancelled and closed (the session was closed) are what
+# the user asked for, not failures.
+OUTCOMES = ("ok", "error", "lost", "interrupted", "cancelled", "closed")
+FAILED_OUTCOMES = frozenset({"error", "lost", "interrupted"})
+OUTCOME_COLOURS = {
+    "ok": COLOURS["success"],
+    "error": COLOURS["error"],
+    "lost": COLOURS["lost"],
+    "interrupted": COLOURS["interrupted"],
+    "cancelled": "#9e9e9e",
+    "closed": "#bdbdbd",
+    "running": COLOURS["running"],
+    "queued": "#90caf9",
+}
 THUMBNAIL = 192  # pixels, longest side
 INLINE_LIMIT = 4 << 20  # bytes: smaller media are embedded (the notebook keeps them), larger ones stream from /view
 PLAYER = 320  # pixels: the width of video players and animations
 FETCH_TIMEOUT = 15.0  # seconds a display may wait for images before listing their names instead
 _MAX_ROWS = 10  # node errors / failed jobs listed in one table
+FRAME_ROWS = 20  # rows of a results frame shown
+FRAME_THUMBNAIL = 48  # pixels, thumbnails in a results frame
+_CELL = "text-align:left;padding:3px 10px;border-bottom:1px solid rgba(128,128,128,0.25);vertical-align:middle"
+_NOWRAP = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+_sessions: weakref.WeakSet = weakref.WeakSet()  # sessions seen, to fetch thumbnails of frames
+
+
+def remember(session: Any) -> None:
+    """Keep a (weak) reference to a session, so frames of its results can show thumbnails."""
+    _sessions.add(session)
 
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def badge(status: str) -> str:
-    """The status word in its colour (the same colours as the progress widgets)."""
-    colour = COLOURS.get(status, "#000")
-    return f'<span style="color:{colour};font-weight:bold">● {esc(status)}</span>'
+def badge(status: str, label: str | None = None) -> str:
+    """The status word (or ``label``) in the status's colour (the same colours as the progress views)."""
+    colour = COLOURS.get(status, "#9e9e9e")
+    return f'<span style="color:{colour};font-weight:bold;white-space:nowrap">● {esc(label or status)}</span>'
 
 
 def seconds(value: float | None) -> str:
@@ -68,13 +102,22 @@ def seconds(value: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
-def params_text(tags: dict | None, limit: int = 80) -> str:
-    """A sweep row's parameters, compactly (``KSampler.seed=3, KSampler.cfg=7.0``)."""
+def params_text(tags: dict | None, limit: int = 80, short: bool = False) -> str:
+    """A sweep row's parameters, compactly (``KSampler.seed=3, KSampler.cfg=7.0``; with ``short``,
+    ``seed=3, cfg=7.0`` where the input name alone is unambiguous)."""
     params = (tags or {}).get("params") if isinstance(tags, dict) else None
     if not isinstance(params, dict):
         return ""
-    text = ", ".join(f"{k}={v}" for k, v in params.items())
+    names = short_names(params) if short else {k: k for k in params}
+    text = ", ".join(f"{names[k]}={v}" for k, v in params.items())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_names(addresses: Iterable[str]) -> dict[str, str]:
+    """Each address (``KSampler.seed``) by its input name (``seed``) where that is unambiguous."""
+    addresses = list(addresses)
+    inputs = collections.Counter(str(a).rpartition(".")[2] for a in addresses)
+    return {a: (str(a).rpartition(".")[2] if inputs[str(a).rpartition(".")[2]] == 1 else str(a)) for a in addresses}
 
 
 def error_text(error: BaseException | None, limit: int = 200) -> str:
@@ -162,12 +205,30 @@ def result_html(result: Result, limit: int = 8, blobs: list | None = None, head:
     return f'<div class="comfynb-result">{head_html}{pictures}{media_html(result, limit)}</div>'
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f'<th style="text-align:left">{esc(h)}</th>' for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td style="text-align:left">{cell}</td>' for cell in row) + "</tr>" for row in rows
+def table(header: list[str], rows: list[list[Any]], widths: list[str] | None = None, nowrap: bool = True) -> str:
+    """A padded table (inline styles); ``rows`` hold HTML. With ``nowrap`` no cell wraps; cells of
+    a column with a width in ``widths`` are cut to it (their tooltip, if any, shows the rest)."""
+    widths = list(widths or [])
+    head = "".join(f'<th style="{_CELL};font-weight:bold">{esc(h)}</th>' for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            style = _CELL + (";white-space:nowrap" if nowrap else "")
+            if i < len(widths) and widths[i]:
+                style += f";{_NOWRAP};max-width:{widths[i]}"
+            cells.append(f'<td style="{style}">{cell}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        '<div style="overflow-x:auto;max-width:100%">'  # scrolls sideways rather than being cut
+        '<table style="border-collapse:collapse;margin:4px 0;font-size:13px;color:inherit;background:transparent">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _tip(text: str, shown: str | None = None) -> str:
+    """``shown`` (escaped ``text`` by default) with the full ``text`` as its tooltip."""
+    return f'<span title="{esc(text)}">{esc(shown if shown is not None else text)}</span>'
 
 
 def error_html(error: BaseException) -> str:
@@ -188,10 +249,14 @@ def error_html(error: BaseException) -> str:
             ]
             for e in error.node_errors
         ]
-        table = _table(["node", "class", "input", "problem", "message", "details", "received"], rows) if rows else ""
+        grid = (
+            table(["node", "class", "input", "problem", "message", "details", "received"], rows, nowrap=False)
+            if rows
+            else ""
+        )
         return (
             f'<div class="comfynb-error"><div style="color:{COLOURS["error"]}"><b>{name}</b>: '
-            f"{esc(head)}</div>{table}</div>"
+            f"{esc(head)}</div>{grid}</div>"
         )
     if isinstance(error, ExecutionError):
         trace = "".join(error.traceback)
@@ -239,61 +304,110 @@ def job_html(job: Job) -> str:
     return f'<div class="comfynb-job"><div>{" · ".join(facts)}</div>{body}</div>'
 
 
-def bar_html(counts: dict[str, int], total: int) -> str:
-    """A static stacked bar: one coloured segment per status."""
-    segments = (
-        "".join(
-            f'<div title="{n} {esc(s)}" style="width:{100 * n / total:.3f}%;background:{COLOURS[s]}"></div>'
-            for s, n in counts.items()
-            if n and s in COLOURS
-        )
-        if total
-        else ""
+def outcome(job: Job) -> str:
+    """How an ended job is counted: ok, error, lost, interrupted, cancelled (also a running job
+    stopped on request) or closed (its session was closed first)."""
+    status = job.status
+    if status == SUCCESS:
+        return "ok"
+    if status == CANCELLED:
+        return "closed" if "session was closed" in str(job.error) else "cancelled"
+    if status == INTERRUPTED and getattr(job._state, "cancel_requested", False):
+        return "cancelled"
+    return status
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``21 ok · 1 error · 2 cancelled``: the outcomes that occurred, in a fixed order."""
+    return " · ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
+
+
+def stacked_bar(counts: dict[str, int], total: int, running: int = 0, queued: int = 0, width: str = "100%") -> str:
+    """A bar with one segment per outcome (then running and queued jobs), each with a tooltip."""
+    parts = [(o, counts.get(o, 0)) for o in OUTCOMES] + [("running", running), ("queued", queued)]
+    segments = "".join(
+        f'<div title="{n} {k}" style="width:{100 * n / total:.3f}%;background:{OUTCOME_COLOURS[k]}"></div>'
+        for k, n in parts
+        if n and total
     )
     return (
-        f'<div style="display:flex;height:10px;width:100%;max-width:480px;background:#eee;'
-        f'border-radius:3px;overflow:hidden">{segments}</div>'
+        f'<div class="comfynb-bar" style="display:flex;height:12px;width:{width};'
+        f'background:rgba(128,128,128,0.22);border-radius:3px;overflow:hidden">{segments}</div>'
     )
 
 
-def failures_html(jobs: Iterable[Job], limit: int = _MAX_ROWS) -> str:
-    """The first failed jobs as a table: what ran, how it ended, why."""
-    rows, extra = [], 0
+def failures_html(
+    jobs: Iterable[Job],
+    limit: int = _MAX_ROWS,
+    *,
+    more: int = 0,
+    where: Callable[[Job], tuple[Any, dict]] | None = None,
+) -> str:
+    """The first failed jobs as a table: row, parameters, how it ended, short id, why (without the
+    id again); "+N more" beyond ``limit`` (``more`` counts failures not in ``jobs``). ``where(job)``
+    gives the row and parameters of jobs that carry no tags (rows never sent)."""
+    rows: list[list[str]] = []
+    extra = more
     for job in jobs:
-        if job is None or job.status not in FAILED:
+        if job is None or job.status not in FAILED or getattr(job._state, "cancel_requested", False):
             continue
         if len(rows) == limit:
             extra += 1
             continue
-        index = (job.tags or {}).get("index", "")
+        tags = job.tags or {}
+        index, params = (tags.get("index", ""), tags.get("params") or {}) if where is None else where(job)
+        message = error_text(job.error, 400).replace(job.prompt_id, job.prompt_id[:8])
+        text = params_text({"params": params}, 400)
         rows.append(
             [
                 esc(index),
-                esc(params_text(job.tags)),
+                _tip(text, params_text({"params": params}, 400, short=True)),
                 badge(job.status),
-                f"<code>{esc(job.prompt_id)}</code>",
-                esc(error_text(job.error)),
+                f'<code title="{esc(job.prompt_id)}">{esc(job.prompt_id[:8])}</code>',
+                _tip(message),
             ]
         )
     if not rows:
         return ""
-    more = f'<div style="color:#757575">and {extra} more</div>' if extra else ""
-    return _table(["row", "parameters", "status", "prompt", "error"], rows) + more
+    tail = f'<div style="opacity:0.7">+{extra} more</div>' if extra else ""
+    widths = ["", "240px", "", "", "420px"]
+    return f'<div class="comfynb-failures">{table(["row", "parameters", "status", "prompt", "error"], rows, widths)}{tail}</div>'
+
+
+def _sweep_where(sweep: Sweep) -> Callable[[Job], tuple[Any, dict]]:
+    rows = {job.prompt_id: i for i, job in enumerate(sweep.jobs) if job is not None}
+
+    def where(job: Job) -> tuple[Any, dict]:
+        tags = job.tags or {}
+        if "index" in tags:
+            return tags["index"], tags.get("params") or {}
+        index = rows.get(job.prompt_id)
+        return ("", {}) if index is None else (index, sweep.plan.row(index))
+
+    return where
 
 
 def sweep_html(sweep: Sweep) -> str:
-    """A sweep now: counts by status as a bar and in words, and the first failures."""
-    counts = collections.Counter(job.status if job is not None else "pending" for job in sweep.jobs)
+    """A sweep now: counts by outcome as a stacked bar and in words (as its live view counts
+    them), the first failures, and its results frame (compact, with thumbnails) once rows ended."""
+    jobs = [job for job in sweep.jobs if job is not None]
+    ended = collections.Counter(outcome(job) for job in jobs if job.done())
+    running = sum(job.status == "running" for job in jobs)
+    queued = sum(job.status == "queued" for job in jobs)
     total = len(sweep)
-    ended = sum(n for s, n in counts.items() if s in TERMINAL)
+    done = sum(ended.values())
+    waiting = total - done - running - queued
+    words = " · ".join(
+        [counts_text(ended)]
+        + [f"{n} {w}" for n, w in ((running, "running"), (queued, "queued"), (waiting, "waiting")) if n]
+    ).strip(" ·")
     tag = f" <b>{esc(sweep.tag)}</b>" if sweep.tag else ""
-    words = ", ".join(
-        f'<span style="color:{COLOURS.get(s, "#000")}">{n} {esc(s)}</span>' for s, n in sorted(counts.items())
-    )
+    frame = frame_html(sweep.frame(), session=sweep.session) if done else ""
     return (
-        f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {ended}/{total} ended '
-        f"over {esc(', '.join(sweep.plan.addresses))}</div>{bar_html(counts, total)}<div>{words}</div>"
-        f"{failures_html(sweep.jobs)}</div>"
+        f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {done}/{total} ended '
+        f"over {esc(', '.join(sweep.plan.addresses))}</div>"
+        f'<div style="max-width:480px">{stacked_bar(ended, total, running, queued)}</div><div>{esc(words)}</div>'
+        f"{failures_html(sweep.jobs, where=_sweep_where(sweep))}{frame}</div>"
     )
 
 
@@ -384,6 +498,146 @@ def ref_html(ref: FileRef) -> str | None:
     except ComfyError:
         src = ref.url or ""
     return player_html(ref, src)
+
+
+# -- results frames ----------------------------------------------------------------------------------
+
+
+def _fetch_urls(session: Any, urls: list[str]) -> dict[str, bytes | BaseException]:
+    """The bytes behind ``/view`` URLs, through the session that owns each server (credentials)."""
+    from .sweep import _fetch_all
+
+    if not urls:
+        return {}
+    try:
+        blobs = _loop.run_sync(_fetch_all(session, urls), timeout=FETCH_TIMEOUT)
+    except ComfyError as exc:
+        blobs = [exc] * len(urls)
+    return dict(zip(urls, blobs))
+
+
+def _owner(urls: list[str]) -> Any:
+    """A live session with a server that every URL is on, or None."""
+    for session in list(_sessions):
+        bases = [s.url + "/view?" for s in getattr(session, "_servers", ())]
+        if urls and all(any(u.startswith(b) for b in bases) for u in urls):
+            return session
+    return None
+
+
+def _when(value: Any) -> str:
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return ""
+    try:
+        return pd.Timestamp(value).strftime("%H:%M:%S")
+    except (TypeError, ValueError):
+        return esc(value)
+
+
+def _files_cell(urls: Any, thumbs: dict[str, str | None]) -> str:
+    """Thumbnails (or links, for files that are no picture or could not be fetched) of a row's outputs."""
+    from .results import ImageRef
+
+    if urls is None or isinstance(urls, float) or not len(urls):
+        return ""
+    cells = []
+    for url in list(urls)[:4]:
+        try:
+            name = ImageRef.from_url(url).filename
+        except ValueError:
+            name = str(url)
+        uri = thumbs.get(url)
+        if uri:
+            cells.append(
+                f'<img src="{uri}" title="{esc(name)}" style="max-width:{FRAME_THUMBNAIL}px;'
+                f'max-height:{FRAME_THUMBNAIL}px;margin-right:4px;vertical-align:middle">'
+            )
+        else:
+            cells.append(f'<a href="{esc(url)}" title="{esc(url)}" target="_blank">{esc(name)}</a>')
+    if len(urls) > 4:
+        cells.append(f"+{len(urls) - 4}")
+    return " ".join(cells)
+
+
+def frame_html(frame: pd.DataFrame, *, session: Any = None, rows: int = FRAME_ROWS, thumbnails: bool = True) -> str:
+    """A results frame, compact: parameters, short id, status, times (no wrapping), thumbnails.
+
+    Thumbnails need the session the images are on (found among the sessions seen if not given);
+    without one the files are links. The first ``rows`` rows are shown, then how many more.
+    """
+    from .frames import COLUMNS
+
+    shown = frame.head(rows)
+    params = [c for c in frame.columns if c not in COLUMNS and c != "files"]
+    urls = [
+        u
+        for images in shown.get("images", [])
+        if isinstance(images, (list, tuple)) or hasattr(images, "__len__")
+        for u in list(images)[:4]
+        if isinstance(u, str)
+    ]
+    thumbs: dict[str, str | None] = {}  # by URL: a data URI, or None (a link instead)
+    if thumbnails and urls:
+        owner = session if session is not None else _owner(urls)
+        if owner is not None:
+            for url, blob in _fetch_urls(owner, urls).items():
+                thumbs[url] = thumbnail_uri(blob, FRAME_THUMBNAIL) if isinstance(blob, bytes) else None
+    names = short_names(params)
+    errors = "error" in shown and shown["error"].notna().any() and (shown["error"].astype(str) != "").any()
+    header = ["#", *(names[p] for p in params), "images", "status", "prompt", "started", "waited", "ran"]
+    header += ["error"] if errors else []
+    body = []
+    for position, (_, row) in enumerate(shown.iterrows()):
+        get = row.get
+        pid = str(get("prompt_id") or "")
+        status = str(get("status") or "")
+        index = get("index")
+        index = position if index is None or index != index else int(index)
+        error = get("error")
+        error = "" if error is None or error != error else str(error).replace(pid, pid[:8])
+        cells = [
+            esc(index),
+            *(_tip(f"{p}={get(p)}", str(get(p))) for p in params),
+            _files_cell(get("images"), thumbs),
+            badge(status),
+            f'<code title="{esc(pid)}">{esc(pid[:8])}</code>',
+            _when(get("started_at")),
+            esc(seconds(get("queue_wait")) if get("queue_wait") == get("queue_wait") else ""),
+            esc(seconds(get("run_time")) if get("run_time") == get("run_time") else ""),
+        ]
+        if errors:
+            cells.append(_tip(error, error if len(error) <= 80 else error[:79] + "…"))
+        body.append(cells)
+    widths = ["", *(["160px"] * len(params)), "", "", "", "", "", "", "360px"]
+    more = len(frame) - len(shown)
+    tail = f'<div style="opacity:0.7">+{more} more rows</div>' if more > 0 else ""
+    return f'<div class="comfynb-frame" style="overflow-x:auto">{table(header, body, widths)}{tail}</div>'
+
+
+@pd.api.extensions.register_dataframe_accessor("comfynb")
+class FrameAccessor:
+    """``df.comfynb.show()``: a results frame as compact HTML with thumbnails (see :func:`frame_html`)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+
+    def show(self, session: Any = None, *, rows: int = FRAME_ROWS, thumbnails: bool = True) -> FrameView:
+        return FrameView(frame_html(self._frame, session=session, rows=rows, thumbnails=thumbnails), self._frame)
+
+
+class FrameView:
+    """The HTML of a results frame, displayed by notebooks (``_repr_html_``); the frame's own text
+    otherwise."""
+
+    def __init__(self, html_text: str, frame: pd.DataFrame):
+        self.html = html_text
+        self._frame = frame
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return repr(self._frame)
 
 
 # -- registration --------------------------------------------------------------------------------

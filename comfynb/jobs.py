@@ -151,13 +151,16 @@ class Job:
         if _loop.in_loop_thread():
             raise RuntimeError("job.result() would deadlock on comfynb's own loop thread; use `await job`")
         fut = self._state.future
-        done, _ = concurrent.futures.wait([fut], timeout=timeout)
-        if not done:
+        if not _loop.wait(fut, timeout, self._still_running):
             raise Timeout(f"job {self.prompt_id} did not finish within {timeout:g} s (status: {self.status})")
         return fut.result()
 
     def __await__(self):
-        return _loop.wrap(self._state.future).__await__()
+        return _loop.wrap(self._state.future, describe=self._still_running).__await__()
+
+    def _still_running(self) -> str:
+        """What an interrupted wait says: the job goes on until cancelled."""
+        return f"job {self.prompt_id[:8]} still {self.status}: job.cancel() stops it"
 
     def cancel(self) -> bool:
         """Stop the job: dropped if never sent, deleted from the queue, or interrupted if running.
@@ -206,9 +209,11 @@ class as_completed:
         for _ in self._jobs:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                yield await asyncio.wait_for(finished.get(), remaining)
+                async with _loop.awake():  # a kernel interrupt is seen between two jobs' ends too
+                    job = await asyncio.wait_for(finished.get(), remaining)
             except TimeoutError:
                 raise self._expired() from None
+            yield job
 
     def _expired(self) -> Timeout:
         left = sum(not job.done() for job in self._jobs)

@@ -372,20 +372,24 @@ class Sweep:
         return self._aresult().__await__()
 
     async def _aresult(self) -> pd.DataFrame:
-        await _loop.wrap(self._done)
+        await _loop.wrap(self._done, describe=self._still_running)
         return self.frame()
 
     def result(self, timeout: float | None = None) -> pd.DataFrame:
         """Block until every row has ended, then return the frame (failed rows included, not raised)."""
         if _loop.in_loop_thread():
             raise RuntimeError("sweep.result() would deadlock on comfynb's own loop thread; use `await sweep`")
-        try:
-            self._done.result(timeout)
-        except concurrent.futures.TimeoutError:
+        if not _loop.wait(self._done, timeout, self._still_running):
             raise Timeout(
                 f"sweep {self.sweep_id}: {self._remaining} of {self.plan.total} rows not finished within {timeout:g} s"
-            ) from None
+            )
+        self._done.result()
         return self.frame()
+
+    def _still_running(self) -> str:
+        """What an interrupted wait says: the sweep goes on until cancelled."""
+        ended = self.plan.total - self._remaining
+        return f"sweep {self.tag or self.sweep_id} still running ({ended}/{self.plan.total}): sweep.cancel() stops it"
 
     def done(self) -> bool:
         return self._done.done()
@@ -540,21 +544,24 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
             cells[(vx, vy)] = (url, str(row["status"]))
     urls = [u for u, _ in cells.values() if u is not None]
     fetched = dict(zip(urls, _loop.run_sync(_fetch_all(session, urls)))) if urls else {}
-    font = ImageFont.load_default(size=max(10, size // 12))
-    band = max(16, size // 8)
-    left = band + max((int(font.getlength(_label(v))) for v in ys), default=0)
-    sheet = Image.new("RGB", (left + size * len(xs), band * 2 + size * len(ys)), "white")
+    # Labels of at least 14 px (legible at 100 % zoom), light on a dark neutral ground: the sheet
+    # reads the same in light and dark notebook themes.
+    font = ImageFont.load_default(size=max(14, size // 9))
+    band = max(22, size // 6)
+    ink, ground, empty = "#f0f0f0", "#2b2b2b", "#454545"
+    left = band // 2 + max((int(font.getlength(_label(v))) for v in ys), default=0) + 8
+    sheet = Image.new("RGB", (left + size * len(xs), band * 2 + size * len(ys)), ground)
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 2), f"across: {x}   down: {y}", fill="black", font=font)
+    draw.text((6, band // 2), f"across: {x}   down: {y}", fill=ink, font=font, anchor="lm")
     for c, vx in enumerate(xs):
-        draw.text((left + c * size + 4, band + 2), _label(vx), fill="black", font=font)
+        draw.text((left + c * size + size // 2, band + band // 2), _label(vx), fill=ink, font=font, anchor="mm")
     for r, vy in enumerate(ys):
         top = band * 2 + r * size
-        draw.text((4, top + size // 2 - band // 2), _label(vy), fill="black", font=font)
+        draw.text((left - 8, top + size // 2), _label(vy), fill=ink, font=font, anchor="rm")
         for c, vx in enumerate(xs):
             url, status = cells.get((vx, vy), (None, "missing"))
             box = (left + c * size, top)
-            data = fetched.get(url)
+            data = fetched.get(url) if url is not None else None
             if isinstance(data, bytes):
                 try:
                     thumb = first_frame(data)  # a picture, an animation's or a video's first frame
@@ -563,8 +570,8 @@ def contact_sheet(session, frame: pd.DataFrame, x: str, y: str, *, size: int = 1
                     continue
                 except Exception as exc:  # an output that is not a picture (e.g. a video)
                     status = type(exc).__name__
-            draw.rectangle((box[0] + 2, box[1] + 2, box[0] + size - 3, box[1] + size - 3), fill="#ddd")
-            draw.text((box[0] + 8, box[1] + size // 2 - band // 2), status, fill="#555", font=font)
+            draw.rectangle((box[0] + 2, box[1] + 2, box[0] + size - 3, box[1] + size - 3), fill=empty)
+            draw.text((box[0] + size // 2, box[1] + size // 2), status, fill=ink, font=font, anchor="mm")
     return sheet
 
 

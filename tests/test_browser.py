@@ -1,18 +1,25 @@
-"""Checked in a real browser: JupyterLab, headless Chromium, "Restart Kernel and Run All Cells" of
-``notebooks/02_concurrent_sweeps.ipynb``; the sweep's aggregate widget must reach N/N and the
-contact sheet must render, as read from the page itself. The same for
-``notebooks/06_video_and_audio.ipynb``, whose video and audio players must load their media.
+"""Checked in a real browser: JupyterLab, headless Chromium, "Restart Kernel and Run All Cells".
+
+- ``notebooks/02_concurrent_sweeps.ipynb``: the sweep's view reaches 24/24 and reads ``24 ok``, is
+  replaced by its static summary, the contact sheet renders, nothing wraps at 1400 and 900 px;
+  after saving and reopening the notebook the summary is still there (no "model not found").
+- A scratch notebook with two simulated servers: a sweep whose second server goes down (the view
+  names it, and still does not wrap), and a sweep stopped with its Stop button (the counts read
+  ``N ok · M cancelled``, the view says what it stopped and turns into its summary).
+
+- ``notebooks/06_video_and_audio.ipynb``: its video and audio players load their media.
+
+Everything is read from the page itself.
 
 It needs Debian's Chromium (``apt-get install chromium``), driven through Playwright's Python
 package with ``executable_path`` (Playwright's own browser download is not used), and JupyterLab
 (``pip install -e ".[dev,browser]"``, as ``.ci/run`` does). It is skipped, saying which is missing,
-where they are not installed. A screenshot of the finished widget and the contact sheet is saved
-as ``test-output/browser/02_concurrent_sweeps.png``.
+where they are not installed. Screenshots (each at 1400 and 900 px wide) are saved in
+``test-output/browser/``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -41,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "02_concurrent_sweeps.ipynb"
 OUTPUT = ROOT / "test-output" / "browser"
 TAG, ROWS = "cfg-by-seed", 24  # the notebook's first sweep: 6 seeds x 4 CFG values
+WIDTHS = (1400, 900)
 SHEET_CELLS = (6, 4)  # its contact sheet: seeds across, CFG values down
 CELL_PX = 128
 
@@ -62,16 +70,31 @@ SETTINGS = {
 }
 
 # JavaScript run in the page.
-AGGREGATE = """(tag) => {
-    for (const bar of document.querySelectorAll('.widget-hprogress')) {
-        const header = bar.parentElement;
-        if (header.textContent.includes('sweep ' + tag)) {
-            const fill = bar.querySelector('.progress-bar');
-            const label = [...header.querySelectorAll('.widget-html-content')].map(e => e.textContent);
-            return {width: fill ? fill.style.width : null, label: label.join(' | ')};
-        }
+VIEW = """(source) => {
+    for (const cell of document.querySelectorAll('.jp-CodeCell')) {
+        if (!cell.querySelector('.jp-InputArea').textContent.includes(source)) continue;
+        const view = cell.querySelector('.jp-OutputArea .comfynb-view');
+        if (!view) return null;
+        return {
+            text: view.innerText.replace(/\\s+/g, ' '),  // as laid out: blocks apart
+            widget: !!cell.querySelector('.jp-OutputArea .jupyter-widgets'),
+            broken: cell.querySelector('.jp-OutputArea').textContent.includes('model not found'),
+            stop: !!cell.querySelector('.jp-OutputArea button'),
+        };
     }
     return null;
+}"""
+# Lines that must not wrap: the header's cells, the rows of running jobs, text cells of tables.
+WRAPPED = """() => {
+    const bad = [];
+    const check = (el, limit) => {
+        const h = el.getBoundingClientRect().height;
+        if (h > limit) bad.push(`${el.className || el.tagName} ${Math.round(h)}px: ${el.textContent.slice(0, 80)}`);
+    };
+    document.querySelectorAll('.comfynb-head > div, .comfynb-row, .comfynb-notices > div').forEach(e => check(e, 24));
+    document.querySelectorAll('.comfynb-view td').forEach(td => { if (!td.querySelector('img')) check(td, 30); });
+    const rows = document.querySelectorAll('.comfynb-head, .comfynb-row');
+    return {bad, checked: rows.length};
 }"""
 SHEET = """() => {
     for (const cell of document.querySelectorAll('.jp-CodeCell')) {
@@ -89,6 +112,22 @@ KERNEL_IDLE = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].
 PROMPTS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim())"""
 STDERR = """() => [...document.querySelectorAll(
     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map(e => e.textContent)"""
+
+# The scratch notebook: two simulated servers, one cut off during a sweep; a sweep to stop.
+SCRATCH = [
+    "import comfynb as cn\n"
+    "from comfynb.sim.library import load_workflow\n"
+    "session = cn.Session.simulated(n=2, node_times={'KSampler': 0.6}, down_after=0.5, failover_after=600)\n"
+    "wf = cn.Workflow.load(load_workflow('default_txt2img'))\n"
+    "wf['EmptyLatentImage.width'] = wf['EmptyLatentImage.height'] = 96",
+    "down = session.sweep(wf, seeds=40, concurrency=4, tag='server-down')",
+    "import asyncio, threading\nawait asyncio.sleep(2)\n"
+    "threading.Thread(target=session.simulators[1].partition, args=(300,), daemon=True).start()",
+    "stop_me = session.sweep(wf, seeds=30, concurrency=2, tag='stop-me')",
+]
+
+
+LAB_DIRS: dict[str, Path] = {}  # the folder each JupyterLab serves, by URL
 
 
 def free_port() -> int:
@@ -139,6 +178,7 @@ def lab(tmp_path):
             cwd=work,
         )
     url = f"http://127.0.0.1:{port}"
+    LAB_DIRS[url] = work
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -183,60 +223,56 @@ def restart_and_run_all(page, attempts: int = 3) -> None:
             page.wait_for_function(KERNEL_IDLE, timeout=30_000)
 
 
-def run_all_and_check(page, address: str) -> list:
-    """Open the notebook, Kernel > Restart Kernel and Run All Cells..., check what the page shows;
-    screenshots of the sweep's cell and of the contact sheet's cell."""
-    from PIL import Image
+def view(page, source: str) -> dict | None:
+    return page.evaluate(VIEW, source)
 
-    page.goto(address)
-    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
-    restart_and_run_all(page)
 
-    # The sweep's aggregate bar reaches N/N: the label says so, and the bar is full...
+def wait_view(page, source: str, predicate: str, timeout: float = 45_000) -> dict:
+    """Wait until the view in the cell whose code contains ``source`` satisfies ``predicate`` (JS, on ``v``)."""
     page.wait_for_function(
-        f"() => {{ const a = ({AGGREGATE})({json.dumps(TAG)}); return a && a.label.includes('{ROWS}/{ROWS}'); }}",
-        timeout=45_000,
+        f"() => {{ const v = ({VIEW})({json.dumps(source)}); return v && ({predicate}); }}", timeout=timeout
     )
-    aggregate = page.evaluate(AGGREGATE, TAG)
-    assert re.search(rf"(^|\D){ROWS}/{ROWS}(\D|$)", aggregate["label"]), aggregate
-    assert aggregate["width"] == "100%", aggregate
-    # ...and the contact sheet renders: a picture of 6 x 4 cells of 128 px, with labels.
-    page.wait_for_function(SHEET, timeout=30_000)
-    width, height = page.evaluate(SHEET)
-    assert width >= SHEET_CELLS[0] * CELL_PX and height >= SHEET_CELLS[1] * CELL_PX, (width, height)
+    return view(page, source)
 
-    # The rest of the notebook runs too, without errors (nor anything else on stderr).
-    page.wait_for_function(ALL_RAN, timeout=30_000)
-    assert page.evaluate(STDERR) == []
 
-    shots = []
-    for source in ("session.sweep(wf, grid=grid", ".contact_sheet("):
+def shoot(page, source: str, name: str) -> dict:
+    """Screenshots of one cell at each width (``test-output/browser/NAME-WIDTHpx.png``); what
+    wraps at each width."""
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    wrapped = {}
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(400)  # let the layout settle
         cell = page.locator(".jp-CodeCell", has=page.locator(".jp-InputArea", has_text=source))
-        shots.append(Image.open(io.BytesIO(cell.screenshot())))
-    return shots
+        cell.scroll_into_view_if_needed()
+        cell.screenshot(path=OUTPUT / f"{name}-{width}px.png")
+        wrapped[width] = page.evaluate(WRAPPED)
+    page.set_viewport_size({"width": WIDTHS[0], "height": 1000})
+    return wrapped
 
 
-def test_restart_and_run_all_shows_the_finished_sweep_and_the_contact_sheet(lab):
-    from PIL import Image
+def assert_no_wrap(wrapped: dict) -> None:
+    for width, found in wrapped.items():
+        assert found["checked"] > 0, found
+        assert found["bad"] == [], f"lines wrapped at {width} px: {found['bad']}"
 
+
+def in_browser(lab, check) -> None:
+    """Run ``check(page, url)`` in headless Chromium; on failure, a screenshot and the page's state."""
     url, log = lab
     (OUTPUT / "failure.png").unlink(missing_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": WIDTHS[0], "height": 1000})
             console: list[str] = []
             page.on("console", lambda message: console.append(f"{message.type}: {message.text[:300]}"))
             try:
-                shots = run_all_and_check(page, f"{url}/lab/tree/{NOTEBOOK.name}")
+                check(page, url)
             except Exception:
                 OUTPUT.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=OUTPUT / "failure.png")
-                state = {
-                    "aggregate": page.evaluate(AGGREGATE, TAG),
-                    "prompts": page.evaluate(PROMPTS),
-                    "stderr": page.evaluate(STDERR),
-                }
+                page.screenshot(path=OUTPUT / "failure.png", full_page=True)
+                state = {"prompts": page.evaluate(PROMPTS), "stderr": page.evaluate(STDERR)}
                 print(f"page at the failure (screenshot: {OUTPUT / 'failure.png'}): {json.dumps(state)}")
                 print("browser console:\n" + "\n".join(console[-40:]))
                 print("JupyterLab's log, last lines:\n" + log.read_text()[-4000:])
@@ -244,14 +280,103 @@ def test_restart_and_run_all_shows_the_finished_sweep_and_the_contact_sheet(lab)
         finally:
             browser.close()
 
-    # One picture of the two cells: the finished aggregate widget above the contact sheet.
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    picture = Image.new("RGB", (max(s.width for s in shots), sum(s.height for s in shots)), "white")
-    top = 0
-    for shot in shots:
-        picture.paste(shot, (0, top))
-        top += shot.height
-    picture.save(OUTPUT / "02_concurrent_sweeps.png")
+
+def open_and_run(page, address: str) -> None:
+    page.goto(address)
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+    restart_and_run_all(page)
+
+
+SWEEP = "session.sweep(wf, grid=grid"
+
+
+def test_notebook_02_keeps_its_summary_after_save_and_reopen(lab):
+    def check(page, url):
+        from PIL import Image
+
+        address = f"{url}/lab/tree/{NOTEBOOK.name}"
+        open_and_run(page, address)
+        # The sweep's view ends at 24/24, all ok, and is replaced by its static summary.
+        done = wait_view(page, SWEEP, f"v.text.includes('{ROWS}/{ROWS}') && !v.widget")
+        assert f"{ROWS} ok" in done["text"] and "error" not in done["text"] and "cancelled" not in done["text"], done
+        assert re.search(rf"sweep {TAG} {ROWS}/{ROWS} {ROWS} ok · ", done["text"]), done
+        # The contact sheet renders: a picture of 6 x 4 cells of 128 px, with labels.
+        page.wait_for_function(SHEET, timeout=30_000)
+        width, height = page.evaluate(SHEET)
+        assert width >= SHEET_CELLS[0] * CELL_PX and height >= SHEET_CELLS[1] * CELL_PX, (width, height)
+        # The rest of the notebook runs too, without errors (nor anything else on stderr).
+        page.wait_for_function(ALL_RAN, timeout=60_000)
+        page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+        assert page.evaluate(STDERR) == []
+        assert_no_wrap(shoot(page, SWEEP, "02-finished"))
+        shoot(page, ".contact_sheet(", "02-contact-sheet")
+        shoot(page, "frame.comfynb.show(", "02-results-frame")
+
+        # Save, and open the notebook again (a new page load: no widget state survives).
+        page.keyboard.press("Control+s")
+        saved = lab_dir(url) / NOTEBOOK.name
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "comfynb-view" not in saved.read_text():
+            time.sleep(0.3)
+        stored = json.loads(saved.read_text())
+        sweep_cell = next(c for c in stored["cells"] if SWEEP in "".join(c["source"]))
+        [output] = sweep_cell["outputs"]
+        assert "comfynb-view" in "".join(output["data"]["text/html"])
+        assert "application/vnd.jupyter.widget-view+json" not in output["data"]
+        assert "".join(output["data"]["text/plain"]).startswith(f"sweep {TAG} |")
+        page.goto(address)
+        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+        reopened = wait_view(page, SWEEP, "true", timeout=30_000)
+        assert not reopened["broken"] and not reopened["widget"], reopened
+        assert f"{ROWS}/{ROWS}" in reopened["text"] and f"{ROWS} ok" in reopened["text"], reopened
+        assert_no_wrap(shoot(page, SWEEP, "02-reopened"))
+        Image.open(OUTPUT / f"02-reopened-{WIDTHS[0]}px.png").load()
+
+    in_browser(lab, check)
+
+
+def test_a_server_down_and_the_stop_button(lab, tmp_path):
+    def check(page, url):
+        write_notebook(lab_dir(url) / "scratch.ipynb", SCRATCH)
+        open_and_run(page, f"{url}/lab/tree/scratch.ipynb")
+        page.wait_for_function(ALL_RAN, timeout=60_000)
+        page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+
+        # The first sweep runs on with its second server cut off: the view says so, and nothing wraps.
+        source = "tag='server-down'"
+        running = wait_view(page, source, "v.text.includes('server(s) down') && v.text.includes(' ok')")
+        assert running["widget"] and running["stop"] and re.search(r"\d+ running", running["text"]), running
+        assert "⚠" in running["text"] and "is down" in running["text"]  # the pool's warning, in this view
+        assert_no_wrap(shoot(page, source, "server-down"))
+
+        # The Stop button stops the second sweep: it says what it stopped, counts cancelled
+        # (not failed), and turns into its summary.
+        source = "tag='stop-me'"
+        wait_view(page, source, "/[1-9]\\d* ok/.test(v.text)")
+        cell = page.locator(".jp-CodeCell", has=page.locator(".jp-InputArea", has_text=source))
+        cell.get_by_role("button", name="Stop").click()
+        stopped = wait_view(page, source, "!v.widget && v.text.includes('30/30')")
+        # the outcomes: ok and cancelled, nothing else (the time comes next)
+        assert re.search(r"stop-me 30/30 [1-9]\d* ok · \d+ cancelled · \d", stopped["text"]), stopped
+        assert re.search(r"stopped \d+ job\(s\)", stopped["text"]), stopped
+        assert not stopped["stop"]  # no Stop button in the summary
+        assert_no_wrap(shoot(page, source, "stopped"))
+
+    in_browser(lab, check)
+
+
+def lab_dir(url: str) -> Path:
+    return LAB_DIRS[url]
+
+
+def write_notebook(path: Path, sources: list[str]) -> None:
+    cells = [
+        {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": src}
+        for i, src in enumerate(sources)
+    ]
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook = {"cells": cells, "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(notebook))
 
 
 # -- notebook 06: video and audio players ---------------------------------------------------------

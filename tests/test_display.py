@@ -4,12 +4,13 @@ DisplayFormatter, with the objects' own repr as the text/plain fallback."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from IPython.core.formatters import DisplayFormatter
 from notebook_helpers import WAIT, make_session, txt2img  # noqa: F401 (fixture)
 
-from comfynb import ExecutionError, NodeError, ServerUnavailable, ValidationError
+from comfynb import ComfyError, ExecutionError, NodeError, ServerUnavailable, ValidationError, _loop
 from comfynb.display import register
 from comfynb.sim.library import load_workflow
 
@@ -71,7 +72,7 @@ def test_validation_error_is_a_table_of_node_inputs(make_session, formatter):
         job.result(WAIT)
     html, text = shown(formatter, caught.value)
     assert text.endswith(repr(caught.value))  # IPython adds the module
-    assert "<table>" in html and "<th" in html
+    assert html.count("<table") == 1 and "<th" in html and "padding:3px 10px" in html  # padded, once
     assert "value_smaller_than_min" in html and "<td" in html and "KSampler" in html and "steps" in html
     assert shown(formatter, job)[0].count("value_smaller_than_min") == 1  # a failed job shows its error
 
@@ -114,9 +115,52 @@ def test_sweep_shows_counts_bar_and_failures(make_session, formatter):
     html, text = shown(formatter, sweep)
     assert text == repr(sweep)
     assert "Sweep <b>look</b>" in html and "4/4 ended" in html
-    assert "2 success" in html and "2 error" in html
+    assert "2 ok · 2 error" in html  # counted by outcome, as the live view counts
     assert html.count('title="2 ') == 2  # two coloured segments of the bar
     assert "KSampler.cfg=-1.0" in html and "ValidationError" in html
+    # ...and its results frame, compact: short ids, thumbnails in place of URLs
+    frame = html[html.index("comfynb-frame") :]
+    assert frame.count('<img src="data:image/jpeg;base64,') == 2
+    assert all(f">{pid[:8]}</code>" in frame for pid in sweep.frame().prompt_id)
+
+
+def test_failures_table_has_short_ids_a_cap_and_fills_rows_never_sent(make_session, formatter):
+    """Rows that failed before they were sent carry no tags: their row and parameters come from
+    the sweep's plan. Ids are short (the full id is the tooltip) and not repeated in the message;
+    beyond the cap, "+N more"."""
+    session = make_session(node_time=0.3)
+    sweep = session.sweep(txt2img(), grid={"KSampler.seed": range(14)}, concurrency=1, tag="unsent")
+    sweep.jobs[0].result(WAIT)
+    # what a sweep does when sending its rows fails: every row not sent ends with that error
+    _loop.get_loop().call_soon_threadsafe(sweep._end_held, ComfyError("sending the rows failed"))
+    sweep.result(WAIT)
+    html, _ = shown(formatter, sweep)
+    table = html[html.index("comfynb-failures") : html.index("comfynb-frame")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    failed = sweep.counts()["error"]
+    assert failed >= 12 and len(rows) == 10 and f"+{failed - 10} more" in table  # 10 listed
+    for row in rows:
+        index = int(re.search(r"<td[^>]*>(\d+)</td>", row).group(1))
+        assert f"KSampler.seed={index}" in row  # parameters filled for a row never sent
+        pid = sweep.jobs[index].prompt_id
+        assert f">{pid[:8]}</code>" in row and row.count(pid) == 1  # the full id only as the tooltip
+
+
+def test_results_frame_accessor_is_compact_with_thumbnails(make_session):
+    session = make_session()
+    sweep = session.sweep(txt2img(), grid={"KSampler.seed": [1, 2, 3]}, tag="frame")
+    df = sweep.result(WAIT)
+    view = df.comfynb.show()  # the session is found from the images' server
+    html = view._repr_html_()
+    assert html.count('<img src="data:image/jpeg;base64,') == 3 and "/view?" not in html.replace('title="', "")
+    for pid in df.prompt_id:
+        assert f'<code title="{pid}">{pid[:8]}</code>' in html
+    assert "white-space:nowrap" in html and "KSampler.seed" in html and "waited" in html
+    assert repr(view) == repr(df)
+    # Without a session for the images (another server), the files are links.
+    other = df.assign(images=[["http://127.0.0.1:9/view?filename=a.png&subfolder=&type=output"]] * 3)
+    linked = other.comfynb.show()._repr_html_()
+    assert "<img" not in linked and linked.count(">a.png</a>") == 3
 
 
 def test_a_job_in_flight_is_shown_as_it_is_now(make_session, formatter):
@@ -130,3 +174,15 @@ def test_a_job_in_flight_is_shown_as_it_is_now(make_session, formatter):
 
 def test_register_outside_ipython_does_nothing():
     assert register() is False  # pytest runs no IPython shell
+
+
+def test_contact_sheet_reads_in_dark_themes_with_legible_labels(make_session):
+    """A dark neutral ground (no white block in a dark notebook) and labels at least 14 px tall."""
+    session = make_session()
+    sweep = session.sweep(txt2img(), grid={"KSampler.seed": [1, 2], "KSampler.cfg": [4.0, 7.0]})
+    sweep.result(WAIT)
+    sheet = sweep.contact_sheet("KSampler.seed", "KSampler.cfg", size=64).convert("L")
+    assert sheet.getpixel((1, 1)) < 80  # dark ground
+    # the title band: rows holding light (label) pixels span at least 10 px of height
+    band = [y for y in range(22) if any(sheet.getpixel((x, y)) > 180 for x in range(sheet.width))]
+    assert band and band[-1] - band[0] >= 10, band
