@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode
 
 from . import _loop
 from .errors import ComfyError, ProtocolError
+from .history import check_entry
 
 # (filename, subfolder, type) -> file bytes; Transport.view has this shape
 Fetcher = Callable[[str, str, str], Awaitable[bytes]]
@@ -467,8 +468,7 @@ class Result:
     def from_history(cls, prompt_id: str, entry: dict, *, server: str, fetcher: Fetcher | None) -> Result:
         """Parse a ``/history/{id}`` entry. The status comes from the recorded messages first,
         because ``status_str`` says "error" for interrupts and can say "success" after a cycle error."""
-        if not isinstance(entry, dict):
-            raise ProtocolError(f"history entry of {prompt_id} is not an object", url=server)
+        entry = check_entry(entry, server, prompt_id)
         outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
         status_obj = entry.get("status") if isinstance(entry.get("status"), dict) else {}
         messages = status_obj.get("messages") if isinstance(status_obj.get("messages"), list) else []

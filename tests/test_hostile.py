@@ -1,0 +1,137 @@
+"""comfynb against a broken or hostile imitation of ComfyUI (tests/hostile.py), over real sockets:
+malformed history and object_info, foreign prompt ids, oversized and trickling answers, echoed
+credentials, and closing with prompts still on the server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from comfynb import Session, Timeouts, Workflow
+from comfynb.errors import ProtocolError
+from comfynb.history import EntryError
+from tests.hostile import Hostile
+
+FAST = {
+    "reconcile_after": 0.3,
+    "backoff": 0.05,
+    "progress": False,
+    "timeout": Timeouts(connect=2.0, read=5.0, total=10.0, ws_heartbeat=0.5),
+}
+WAIT = 20.0
+PROMPT = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
+}
+
+
+@pytest.fixture
+def hostile():
+    with Hostile().serving() as server:
+        yield server
+
+
+@pytest.fixture
+def session(hostile):
+    with Session(hostile.url, **FAST) as s:
+        yield s
+
+
+def workflow(seed: int) -> Workflow:
+    wf = Workflow.load({k: {**v, "inputs": dict(v["inputs"])} for k, v in PROMPT.items()})
+    wf["KSampler.seed"] = seed
+    return wf
+
+
+# -- 1. history entries with wrong types ------------------------------------------------------------
+
+BROKEN = {
+    "status": ("status as a string", lambda e: {**e, "status": "success"}),
+    "status.messages": ("messages as a dict", lambda e: {**e, "status": {**e["status"], "messages": {}}}),
+    "status (list)": ("status as a list", lambda e: {**e, "status": ["success"]}),
+    "outputs": ("outputs as a list", lambda e: {**e, "outputs": [1, 2]}),
+    "prompt": ("prompt as a dict", lambda e: {**e, "prompt": {"3": 1}}),
+    "timestamp": (
+        "string timestamps",
+        lambda e: {**e, "status": {**e["status"], "messages": [["execution_start", {"timestamp": "noon"}]]}},
+    ),
+}
+
+
+@pytest.mark.parametrize("field", BROKEN)
+def test_malformed_history_entry_fails_that_job_naming_the_field(hostile, session, caplog, field):
+    what, breaker = BROKEN[field]
+    bad = {}
+
+    def entry(pid, e):
+        return breaker(e) if pid in bad else e
+
+    hostile.entry = entry
+    good = session.submit(workflow(1))
+    assert good.result(timeout=WAIT).status == "success"
+    broken = session.submit(workflow(2))
+    bad[broken.prompt_id] = True
+    with pytest.raises(ProtocolError) as info:
+        broken.result(timeout=WAIT)
+    assert isinstance(info.value, EntryError)
+    assert field.split(" ")[0] in info.value.field, what
+    assert f"'{info.value.field}'" in str(info.value)
+    assert broken.status == "error"
+    assert "internal error" not in caplog.text
+    # frames: every other row kept, the bad one with its error
+    frame = session.history_frame()
+    assert len(frame) == 2
+    rows = frame.set_index("prompt_id")
+    assert rows.loc[good.prompt_id, "status"] == "success"
+    assert rows.loc[broken.prompt_id, "status"] == "error"
+    assert info.value.field in rows.loc[broken.prompt_id, "error"]
+
+
+def test_sweep_frame_and_save_survive_a_malformed_entry(hostile, session, tmp_path):
+    hostile.entry = lambda pid, e: {**e, "outputs": [1]} if e["prompt"][3]["comfynb"]["index"] == 1 else e
+    sweep = session.sweep(workflow(0), grid={"KSampler.seed": [1, 2, 3]}, tag="t")
+    frame = sweep.result(timeout=WAIT)
+    assert list(frame["status"]) == ["success", "error", "success"]
+    assert "'outputs'" in frame["error"][1]
+    assert list(frame["KSampler.seed"]) == [1, 2, 3]
+    sweep.save(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["00000.png", "00002.png"]
+
+
+# -- 3. a server that answers with its own prompt_id -------------------------------------------------
+
+
+def test_a_server_that_ignores_our_prompt_id_is_followed_never_posted_again(hostile, session, caplog):
+    hostile.own_ids = True
+    job = session.submit(workflow(5))
+    asked = job.prompt_id
+    assert job.result(timeout=WAIT).status == "success"
+    assert len(hostile.posts) == 1 and hostile.posts[0]["prompt_id"] == asked
+    assert job.prompt_id != asked and job.prompt_id in hostile.history  # the server's id, followed
+    assert "following its id" in caplog.text  # and said so
+
+
+# -- 2. /object_info with wrong types ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("info", "field"),
+    [
+        ({"KSampler": {"input": {"required": "str"}}}, "KSampler.input.required"),
+        ({"KSampler": {"input": ["seed"]}}, "KSampler.input"),
+        ({"KSampler": "node"}, "KSampler"),
+        (["KSampler"], "/object_info"),
+    ],
+)
+def test_malformed_object_info_degrades_routing_for_that_server(hostile, info, field):
+    from comfynb.capabilities import Capabilities
+
+    with pytest.raises(ProtocolError, match=re.escape(field)):
+        Capabilities(info, url=hostile.url)
+    hostile.object_info = info
+    with Session([hostile.url], capabilities=True, **FAST) as session:
+        server = session._servers[0]
+        assert server.caps.any and isinstance(server.caps.error, ProtocolError)
+        assert field in str(server.caps.error)
+        assert session.submit(workflow(3)).result(timeout=WAIT).status == "success"
