@@ -163,6 +163,10 @@ class OutputsMissing(ComfyError):
 # -- local mistakes -----------------------------------------------------------------------
 
 
+class TagError(ComfyError, TypeError, ValueError):
+    """Tags that cannot be stored with a prompt: not a string or dict, not JSON, or holding a credential."""
+
+
 class WorkflowError(ComfyError, ValueError):
     """A workflow is not usable: not API format, malformed, or an input value is wrong."""
 
@@ -187,6 +191,7 @@ __all__ = [
     "OutputsMissing",
     "ProtocolError",
     "ServerUnavailable",
+    "TagError",
     "Timeout",
     "TransportError",
     "ValidationError",

@@ -16,7 +16,6 @@ import atexit
 import collections
 import contextlib
 import inspect
-import json
 import logging
 import os
 import threading
@@ -25,8 +24,6 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import yarl
 
 from . import _loop
 from . import frames as _frames
@@ -38,6 +35,7 @@ from .jobs import Job
 from .journal import Journal
 from .pool import Pool
 from .results import FileRef, InputName
+from .secrets import Secrets, check_tags
 from .server import DOWN, UP
 from .settings import Settings
 from .tracker import CANCELLED, ERROR, PromptState
@@ -132,7 +130,7 @@ class Session:
         self._uploads: dict = {}  # (server, content-addressed name) -> name on the server
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._sim_context: Any = None
-        self._secrets = _secrets(urls, headers, auth, token)
+        self._secrets = Secrets.of(urls, headers=headers, auth=auth, token=token)
         transports = [
             Transport(
                 u,
@@ -381,19 +379,7 @@ class Session:
         return await _frames.collect_history(up, journal=self.journal, prefer=prefer, **query)
 
     def _tags(self, tags: str | Mapping | None) -> dict | None:
-        if tags is None:
-            return None
-        if isinstance(tags, str):
-            tags = {"tag": tags}
-        elif not isinstance(tags, Mapping):
-            raise TypeError(f"tags must be a string or a dict, not {type(tags).__name__}")
-        try:
-            text = json.dumps(dict(tags))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"tags must be JSON-serialisable: {exc}") from None
-        if any(secret in text for secret in self._secrets):
-            raise ValueError("tags contain a credential of this session; they are stored on the server in clear")
-        return json.loads(text)
+        return check_tags(tags, self._secrets)  # TagError if not JSON or holding a credential
 
     def _settle_unsent(self, state: PromptState, error: BaseException, status: str = ERROR) -> None:
         """End a job that no server took (a sweep whose sending failed); from any thread."""
@@ -625,15 +611,3 @@ class _Record:
 
     def may_resubmit(self, state: PromptState) -> bool:
         return self.journal is None or self.journal.may_resubmit(state)
-
-
-_CREDENTIAL_HEADERS = ("auth", "cookie", "key", "token", "secret", "password", "session")
-
-
-def _secrets(urls: list[str], headers: dict | None, auth: tuple[str, str] | None, token: str | None) -> list[str]:
-    """Credential values that must never be sent in clear as tags: the token, passwords, and the
-    values of headers whose name says they carry one (other headers, like ``X-Mode: true``, do not)."""
-    values = [str(v) for k, v in (headers or {}).items() if any(w in str(k).lower() for w in _CREDENTIAL_HEADERS)]
-    values += [token or "", auth[1] if auth else ""]
-    values += [yarl.URL(u if "://" in u else "http://" + u).password or "" for u in urls]
-    return [v for v in values if len(v) >= 4]

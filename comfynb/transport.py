@@ -32,6 +32,7 @@ from .errors import (
     Timeout,
     ValidationError,
 )
+from .secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +143,15 @@ class Transport:
         given = [auth is not None, token is not None, any(k.lower() == "authorization" for k in headers)]
         if sum(given) > 1:
             raise ValueError("give only one of auth (or user:password in the URL), token, or an Authorization header")
-        secrets = list(headers.values())
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-            secrets.append(token)
         if auth is not None:
             encoded = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers["Authorization"] = f"Basic {encoded}"
-            secrets += [auth[1], encoded]
         self.url = base
         self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
-        # longest first, so a secret containing another is replaced whole
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets = Secrets.of([url], headers=headers, auth=auth, token=token)
         if not isinstance(timeout, Timeouts):
             timeout = Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout)
         self.timeouts = timeout
@@ -202,9 +199,7 @@ class Transport:
         )
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._secrets.scrub(text)
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc)

@@ -190,8 +190,8 @@ class Hostile:
     @web.middleware
     async def _auth_echo(self, request: web.Request, handler):
         if self.echo_auth and request.path != "/ws":
-            auth = request.headers.get("Authorization", "")
-            token = auth.partition(" ")[2]
+            auth = request.headers.get("Authorization") or request.headers.get("X-Api-Key", "")
+            token = auth.partition(" ")[2] or auth
             return web.json_response({"error": f"token {token} is expired", "header": auth}, status=401)
         return await handler(request)
 

@@ -4,12 +4,15 @@ credentials, and closing with prompts still on the server."""
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import re
 
 import pytest
 
 from comfynb import Session, Timeouts, Workflow
-from comfynb.errors import ProtocolError
+from comfynb.errors import HTTPStatusError, ProtocolError, TagError
 from comfynb.history import EntryError
 from tests.hostile import Hostile
 
@@ -135,3 +138,76 @@ def test_malformed_object_info_degrades_routing_for_that_server(hostile, info, f
         assert server.caps.any and isinstance(server.caps.error, ProtocolError)
         assert field in str(server.caps.error)
         assert session.submit(workflow(3)).result(timeout=WAIT).status == "success"
+
+
+# -- 5. secrets ------------------------------------------------------------------------------------------
+
+TOKEN = 'T0k3n-ä"\\xyz'
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"headers": {"Authorization": f"Bearer {TOKEN}"}},
+        {"token": TOKEN},
+        {"auth": ("bob", TOKEN)},
+        {"headers": {"X-Api-Key": TOKEN}},
+    ],
+    ids=["bearer-header", "token", "basic", "api-key-header"],
+)
+def test_an_echoed_credential_is_scrubbed_everywhere(hostile, caplog, credentials):
+    hostile.echo_auth = True
+    forms = [TOKEN, json.dumps(TOKEN)[1:-1], base64.b64encode(f"bob:{TOKEN}".encode()).decode(), "bob:"]
+    session = Session(hostile.url, **FAST, **credentials)
+    with caplog.at_level(logging.INFO, logger="comfynb"):
+        with pytest.raises(HTTPStatusError) as info:
+            session.__enter__()
+    error = info.value
+    assert error.status == 401 and "***" in error.body and "expired" in str(error)
+    shown = [str(error), error.body, session.servers().to_string(), caplog.text, repr(session)]
+    assert "is down" in caplog.text
+    for text in shown:
+        for form in forms:
+            assert form not in text
+    session.close()
+
+
+def test_an_error_answer_to_a_post_is_scrubbed(hostile, session):
+    del session
+    with Session(hostile.url, token=TOKEN, **FAST) as session:
+        hostile.echo_auth = True
+        job = session.submit(workflow(1))
+        with pytest.raises(HTTPStatusError) as info:
+            job.result(timeout=WAIT)
+    assert "expired" in info.value.body
+    for text in (str(info.value), info.value.body, session.status().to_string()):
+        assert TOKEN not in text and json.dumps(TOKEN)[1:-1] not in text
+
+
+@pytest.mark.parametrize(
+    ("credentials", "tag"),
+    [
+        ({"token": "pässwörd"}, "x pässwörd"),  # non-ASCII: JSON text would hold \\u00e4
+        ({"token": 'a"b\\cdef'}, 'say a"b\\cdef'),  # JSON text would hold \\" and \\\\
+        ({"headers": {"Authorization": "Bearer bare-token-1"}}, "bare-token-1"),
+        ({"auth": ("bob", "pw1")}, "pw1"),  # shorter than 4 characters
+        ({"auth": ("bob", "secret")}, base64.b64encode(b"bob:secret").decode()),
+        ({"auth": ("bob", "secret")}, "bob:secret"),
+        ({"headers": {"Cookie": "sid=c00kie; theme=dark"}}, "c00kie"),
+    ],
+)
+def test_tags_holding_a_credential_are_refused(hostile, credentials, tag):
+    with Session(hostile.url, **FAST, **credentials) as session:
+        for tags in (tag, {"note": [1, {"deep": tag}]}, {tag: 1}):
+            with pytest.raises(TagError, match="credential"):
+                session.submit(workflow(1), tags=tags)
+        assert session.submit(workflow(1), tags="harmless").result(timeout=WAIT).status == "success"
+    assert len(hostile.posts) == 1
+
+
+def test_tags_that_are_not_json_data_are_a_clear_error(session):
+    loop: list = []
+    loop.append(loop)
+    for tags, problem in ((["a", "b"], "string or a dict"), ({"x": object()}, "JSON"), ({"x": loop}, "JSON")):
+        with pytest.raises(TagError, match=problem):
+            session.submit(workflow(1), tags=tags)
