@@ -43,6 +43,10 @@ class ProtocolError(TransportError):
     """The URL answers, but not like a ComfyUI server (or a message had an impossible shape)."""
 
 
+class TooLarge(TransportError):
+    """An answer was larger than comfynb accepts for its kind (see :class:`comfynb.transport.Limits`)."""
+
+
 class Timeout(ComfyError, TimeoutError):
     """A call or a wait ran out of time. Also a builtin ``TimeoutError``."""
 
@@ -193,6 +197,7 @@ __all__ = [
     "ServerUnavailable",
     "TagError",
     "Timeout",
+    "TooLarge",
     "TransportError",
     "ValidationError",
     "WorkflowError",

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlencode
 from . import _loop
 from .errors import ComfyError, ProtocolError
 from .history import check_entry
+from .saving import fit_name
 
 # (filename, subfolder, type) -> file bytes; Transport.view has this shape
 Fetcher = Callable[[str, str, str], Awaitable[bytes]]
@@ -364,7 +365,7 @@ def _safe_parts(name: str, *, allow_empty: bool = False) -> list[str]:
     parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
     if any(p == ".." or _DRIVE.match(p) for p in parts):
         raise ProtocolError(f"unsafe file name from the server: {name!r}")
-    return parts
+    return [fit_name(p) for p in parts]  # a 300-character name is shortened, not an OSError
 
 
 def _ms_to_datetime(value: Any) -> datetime | None:

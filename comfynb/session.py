@@ -39,7 +39,7 @@ from .secrets import Secrets, check_tags
 from .server import DOWN, UP
 from .settings import Settings
 from .tracker import CANCELLED, ERROR, PromptState
-from .transport import Timeouts, Transport
+from .transport import Limits, Timeouts, Transport
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class Session:
     ``progress``: "auto" shows live progress (widgets in a Jupyter kernel, else a text line on
     stderr), "widget" or "text" force one, False shows nothing.
     ``journal`` (a SQLite path) records every submission, so ``resume(sweep_id)`` can finish a sweep
-    after a crash or a server restart. Construction does not block; ``with``/``async with`` wait until the servers answer.
+    after a crash or a server restart. ``limits`` bounds the size of each kind of answer
+    (:class:`comfynb.transport.Limits`), ``timeout`` the time and the minimum rate (:class:`Timeouts`).
+    Construction does not block; ``with``/``async with`` wait until the servers answer.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Session:
         failover_after: float = 30.0,
         give_up_after: float | None = 300.0,
         on_missing_outputs: str = "rerun",
+        limits: Limits = Limits(),
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -141,6 +144,7 @@ class Session:
                 retries=retries,
                 backoff=backoff,
                 verify_ssl=verify_ssl,
+                limits=limits,
             )
             for u in urls
         ]

@@ -211,3 +211,112 @@ def test_tags_that_are_not_json_data_are_a_clear_error(session):
     for tags, problem in ((["a", "b"], "string or a dict"), ({"x": object()}, "JSON"), ({"x": loop}, "JSON")):
         with pytest.raises(TagError, match=problem):
             session.submit(workflow(1), tags=tags)
+
+
+# -- 4. bounded sizes and rates ---------------------------------------------------------------------------
+
+CLIENT = r"""
+import json, resource, sys, time
+from pathlib import Path
+from comfynb import ComfyError, Session, Timeouts
+from comfynb.results import ImageRef
+
+url, folder = sys.argv[1], Path(sys.argv[2])
+out = {}
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KB)
+
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "no error"
+    except ComfyError as exc:
+        out[name] = f"{type(exc).__name__}: {exc}"
+    out[name + " peak MB"] = peak()
+
+timeout = Timeouts(connect=2.0, read=5.0, total=None, ws_heartbeat=0.5)
+with Session(url, progress=False, timeout=timeout, reconcile_after=0.3, give_up_after=2.0) as session:
+    out["start peak MB"] = peak()
+    server = session._servers[0]
+    ref = lambda name: ImageRef(name, "", "output", "9", server.url, server.transport.view)
+    control = json.loads(sys.stdin.readline())  # the test sets the server up, step by step
+    attempt("view", lambda: ref("endless.png").data)
+    print(json.dumps({"ready": "history"}), flush=True); sys.stdin.readline()
+    attempt("history_frame", lambda: session.history_frame())
+    attempt("job", lambda: session.submit({"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}).result(timeout=30))
+    print(json.dumps({"ready": "big file"}), flush=True); sys.stdin.readline()
+    attempt("big file into memory", lambda: ref("big.png").data)
+    attempt("big file saved", lambda: out.setdefault("saved", ref("big.png").save(folder).stat().st_size))
+    print(json.dumps({"ready": "ws"}), flush=True); sys.stdin.readline()
+    from comfynb import _loop
+    _loop.get_loop().call_soon_threadsafe(server.connection.replace, "test: reconnect to get the huge frame")
+    deadline = time.monotonic() + 10
+    while "exceeds" not in str(server.connection.last_error) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["ws"] = str(server.connection.last_error)
+    out["ws peak MB"] = peak()
+    out["peaks"] = {k: v for k, v in out.items() if k.endswith("peak MB")}
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_endless_and_huge_answers_end_with_clear_errors_in_bounded_memory(hostile, tmp_path):
+    """Client memory (peak RSS of a client process, measured there with `resource`) stays under
+    300 MB against endless /view and /history answers and a 100 MB WebSocket frame, and a 100 MB
+    file is saved to disk without being held in memory."""
+    import os
+    import subprocess
+    import sys
+
+    hostile.view = "endless"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, hostile.url, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def step() -> dict:
+        child.stdin.write("{}\n")
+        child.stdin.flush()
+        return json.loads(child.stdout.readline())
+
+    try:
+        assert step() == {"ready": "history"}
+        hostile.history["old"] = hostile._stored("old", {}, "execution_success")
+        hostile.history_body = "endless"
+        assert step() == {"ready": "big file"}
+        hostile.history_body = None
+        hostile.view = b"\x89PNG" + b"\0" * (100 << 20)
+        assert step() == {"ready": "ws"}
+        hostile.ws_junk = [100 << 20]
+        out = step()
+    finally:
+        child.kill() if child.poll() is None else None
+        child.wait(10)
+    assert out["view"].startswith("TooLarge") and "64 MB" in out["view"] and "Limits.view" in out["view"]
+    assert out["history_frame"].startswith("TooLarge") and "64 MB" in out["history_frame"]
+    assert "Limits.json" in out["job"] and "could not read the outcome" in out["job"]
+    assert out["big file into memory"].startswith("TooLarge") and "100 MB" in out["big file into memory"]
+    assert out["big file saved"] == "no error" and out["saved"] == len(hostile.view)
+    assert "exceeds limit" in out["ws"]
+    peaks = {k: v for k, v in out.items() if k.endswith("peak MB")}
+    assert max(peaks.values()) < 300, peaks
+
+
+def test_a_trickle_ends_quickly_even_without_a_total_timeout(hostile):
+    from comfynb import Timeout
+    from comfynb.results import ImageRef
+
+    timeout = Timeouts(connect=2.0, read=5.0, total=None, ws_heartbeat=0.5, rate_window=1.0)
+    with Session(hostile.url, progress=False, timeout=timeout) as session:
+        hostile.view = "trickle"
+        server = session._servers[0]
+        with pytest.raises(Timeout, match=r"too slow: \d bytes in the last 1 s, below Timeouts.min_rate=1024"):
+            ImageRef("t.png", "", "output", "9", server.url, server.transport.view).data
+        hostile.history["old"] = hostile._stored("old", {}, "execution_success")
+        hostile.history_body = "trickle"
+        with pytest.raises(Timeout, match="too slow"):
+            session.history_frame()
