@@ -315,7 +315,7 @@ def test_a_trickle_ends_quickly_even_without_a_total_timeout(hostile):
         hostile.view = "trickle"
         server = session._servers[0]
         with pytest.raises(Timeout, match=r"too slow: \d bytes in the last 1 s, below Timeouts.min_rate=1024"):
-            ImageRef("t.png", "", "output", "9", server.url, server.transport.view).data
+            _ = ImageRef("t.png", "", "output", "9", server.url, server.transport.view).data
         hostile.history["old"] = hostile._stored("old", {}, "execution_success")
         hostile.history_body = "trickle"
         with pytest.raises(Timeout, match="too slow"):
