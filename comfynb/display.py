@@ -283,7 +283,7 @@ def failures_html(jobs: Iterable[Job], limit: int = _MAX_ROWS) -> str:
 
 def sweep_html(sweep: Sweep) -> str:
     """A sweep now: counts by status as a bar and in words, and the first failures."""
-    counts = collections.Counter(job.status if job is not None else "pending" for job in sweep.jobs)
+    counts = collections.Counter(sweep.counts())
     total = len(sweep)
     ended = sum(n for s, n in counts.items() if s in TERMINAL)
     tag = f" <b>{esc(sweep.tag)}</b>" if sweep.tag else ""

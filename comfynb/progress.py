@@ -111,7 +111,7 @@ class Tally:
         self.started = time.time()
         self.last_end: float | None = None
         self._open: list[Job] = []
-        self._late: list[tuple[Sweep, int]] = []  # rows of a resumed sweep whose job is not made yet
+        self._late: list[tuple[Sweep, int]] = []  # sweeps whose rows are still being sent, and jobs joined
         self._seen: set[str] = set()
         self.sessions: list = []  # whose servers' health the view shows
         self._on_job = on_job
@@ -148,12 +148,11 @@ class Tally:
             self.watch(item.session)
             self.items.append(item)
             self.total += len(item)
-            for index, job in enumerate(list(item.jobs)):
-                if job is None:
-                    self._late.append((item, index))
-                else:
-                    self._seen.add(job.prompt_id)
-                    new.append(job)
+            jobs = list(item.jobs)
+            for job in jobs:
+                self._seen.add(job.prompt_id)
+                new.append(job)
+            self._late.append((item, len(jobs)))  # rows are sent lazily: their jobs join as they come
         elif isinstance(item, Iterable) and not isinstance(item, (str, bytes)):
             for each in item:
                 self._add(each, new)
@@ -175,11 +174,21 @@ class Tally:
         """Count the jobs that ended since the last refresh; list those running now."""
         if self._late:
             with self._lock:
-                late, self._late = self._late, []
-                made = [(s, i) for s, i in late if i < len(s.jobs) and s.jobs[i] is not None]
-                self._late = [(s, i) for s, i in late if (s, i) not in made]
-            for sweep, index in made:
-                self._joined(sweep.jobs[index])
+                late, self._late, made = self._late, [], []
+                for sweep, joined in late:
+                    done = sweep.done()  # read first: a sweep is done only once its last job exists
+                    jobs = sweep.jobs[joined:]
+                    made += jobs
+                    joined += len(jobs)
+                    if joined >= len(sweep):
+                        continue
+                    if done:  # rows never sent (cancelled, or the session closed) end here
+                        for status, n in sweep.unsent().items():
+                            self.ended[status] += n
+                    else:
+                        self._late.append((sweep, joined))
+            for job in made:
+                self._joined(job)
         now = time.time()
         with self._lock:
             still, running, queued, waiting = [], [], 0, 0
@@ -199,7 +208,8 @@ class Tally:
                 else:
                     waiting += 1
             self._open = still
-            return Snapshot(self, running, queued, waiting + len(self._late), now)
+            unsent = sum(len(sweep) - joined for sweep, joined in self._late)
+            return Snapshot(self, running, queued, waiting + unsent, now)
 
     def title(self) -> str:
         sweeps = [i for i in self.items if isinstance(i, Sweep)]

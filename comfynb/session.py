@@ -300,6 +300,7 @@ class Session:
         concurrency: int | None = None,
         tag: str | None = None,
         seeds: int | Iterable[int] | None = None,
+        max_rows: int | None = _sweep.MAX_ROWS,
     ) -> _sweep.Sweep:
         """One prompt per row of a grid, of aligned lists (``zip``) or of explicit ``rows``, at most
         ``concurrency`` on the servers at once (default: 8, or enough to fill every server's
@@ -307,11 +308,22 @@ class Session:
 
         Addresses are checked before anything is sent. ``seeds=n`` adds a seed axis (the
         workflow's seed, +1, ...), or give a list. Images as values are uploaded once each.
+        Rows are built as they are sent; more than ``max_rows`` (None: no limit) is refused.
         """
         if concurrency is None:
             concurrency = self._pool.concurrency()
         return self._announce(
-            _sweep.start(self, workflow, grid=grid, zip=zip, rows=rows, concurrency=concurrency, tag=tag, seeds=seeds)
+            _sweep.start(
+                self,
+                workflow,
+                grid=grid,
+                zip=zip,
+                rows=rows,
+                concurrency=concurrency,
+                tag=tag,
+                seeds=seeds,
+                max_rows=max_rows,
+            )
         )
 
     def resume(self, sweep_id: str) -> _sweep.Sweep:

@@ -320,3 +320,104 @@ def test_a_trickle_ends_quickly_even_without_a_total_timeout(hostile):
         hostile.history_body = "trickle"
         with pytest.raises(Timeout, match="too slow"):
             session.history_frame()
+
+
+# -- 6. sweeps that cannot mislead -------------------------------------------------------------------------
+
+
+def test_the_same_input_under_two_addresses_is_refused(hostile, session):
+    from comfynb import WorkflowError
+
+    with pytest.raises(WorkflowError, match=r"'KSampler.seed' and '3.seed' are the same input"):
+        session.sweep(workflow(0), grid={"KSampler.seed": [1, 2], "3.seed": [50, 60]})
+    with pytest.raises(WorkflowError, match=r"'3.seed' and 'KSampler.seed' are the same input.*seeds="):
+        session.sweep(workflow(0), grid={"3.seed": [50, 60]}, seeds=2)
+    with pytest.raises(WorkflowError, match="same input"):
+        session.sweep(workflow(0), rows=[{"KSampler.seed": 1}, {"3.seed": 2}])
+    assert hostile.posts == []
+
+
+def test_huge_grids_are_lazy_and_bounded(hostile, session):
+    import tracemalloc
+
+    from comfynb import WorkflowError
+
+    big = {"KSampler.seed": range(1000), "KSampler.steps": range(1000)}  # 10^6 rows
+    with pytest.raises(WorkflowError, match=r"1,000,000 rows, more than max_rows=100,000"):
+        session.sweep(workflow(0), grid=big)
+    assert hostile.posts == []
+    hostile.finish = False  # the first prompt runs forever: nothing else is sent
+    tracemalloc.start()
+    try:
+        sweep = session.sweep(workflow(0), grid=big, max_rows=None, concurrency=2)
+        assert len(sweep) == 1_000_000
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 20 << 20  # memory does not grow with the grid: rows are built as they are sent
+    assert len(sweep.jobs) <= 2 and sweep.counts()["pending"] >= 999_998
+    assert sweep.cancel() == 1_000_000
+    ended = list(sweep.as_completed(timeout=WAIT))  # the two sent rows: interrupted, deleted
+    assert sorted(job.status for job in ended) == ["cancelled", "interrupted"]
+    assert sweep.counts() == {"interrupted": 1, "cancelled": 999_999}
+    assert hostile.interrupted == [ended[0].prompt_id] or hostile.interrupted == [ended[1].prompt_id]
+    assert len(hostile.posts) == 2
+
+
+def test_empty_grids_are_refused(session):
+    from comfynb import WorkflowError
+
+    for empty in ({"grid": {}}, {"zip": {}}):
+        with pytest.raises(WorkflowError, match="nothing to sweep"):
+            session.sweep(workflow(0), **empty)
+    assert len(session.sweep(workflow(0), grid={}, seeds=2).result(timeout=WAIT)) == 2
+
+
+def test_paths_in_a_grid(hostile, session, tmp_path):
+    from comfynb import WorkflowError
+    from tests.hostile import png
+
+    picture = tmp_path / "in.png"
+    picture.write_bytes(png())
+    wf = Workflow.load(
+        {
+            **PROMPT,
+            "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat"}},
+        }
+    )
+    with pytest.raises(
+        WorkflowError, match=r"'6.text' value 0: '6.text' is not an input that takes a file.*str\(path\)"
+    ):
+        session.sweep(wf, grid={"6.text": [picture]})
+    missing = tmp_path / "gone.png"
+    with pytest.raises(WorkflowError, match=r"'LoadImage.image' value 1: no such file .*gone.png"):
+        session.sweep(wf, grid={"LoadImage.image": [picture, missing]})
+    with pytest.raises(WorkflowError, match=r"row 1 'LoadImage.image': no such file"):
+        session.sweep(wf, rows=[{"LoadImage.image": picture}, {"LoadImage.image": missing}])
+    assert hostile.uploads == [] and hostile.posts == []
+    frame = session.sweep(wf, grid={"LoadImage.image": [picture], "6.text": [str(picture)]}).result(timeout=WAIT)
+    assert len(hostile.uploads) == 1 and frame["6.text"][0] == str(picture)
+    assert hostile.posts[0]["prompt"]["1"]["inputs"]["image"] == hostile.uploads[0]
+
+
+def test_self_referencing_values_are_a_clear_error(session):
+    from comfynb import WorkflowError
+
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(WorkflowError, match="contains itself"):
+        session.sweep(workflow(0), grid={"KSampler.seed": [loop]})
+    with pytest.raises(TagError):
+        session.sweep(workflow(0), grid={"KSampler.seed": [1]}, tag=["a"])
+
+
+def test_a_300_character_server_file_name_is_saved_under_a_shorter_one(hostile, session, tmp_path):
+    hostile.filename = "x" * 296 + ".png"
+    result = session.submit(workflow(1)).result(timeout=WAIT)
+    path = result.images[0].save(tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".png" and len(path.name) < 100
+    assert path.read_bytes() == hostile.view
+    hostile.filename = "y" * 296 + ".png"
+    other = session.submit(workflow(2)).result(timeout=WAIT).images[0].save(tmp_path)
+    assert other != path and other.read_bytes() == hostile.view
