@@ -421,3 +421,36 @@ def test_a_300_character_server_file_name_is_saved_under_a_shorter_one(hostile, 
     hostile.filename = "y" * 296 + ".png"
     other = session.submit(workflow(2)).result(timeout=WAIT).images[0].save(tmp_path)
     assert other != path and other.read_bytes() == hostile.view
+
+
+# -- 7. closing with prompts on the server -------------------------------------------------------------------
+
+
+def _queued_three(hostile, session) -> list:
+    import time
+
+    hostile.finish = False
+    jobs = [session.submit(workflow(seed)) for seed in range(3)]
+    deadline = time.monotonic() + WAIT
+    while not all(job.status in ("queued", "running") for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert hostile.running == jobs[0].prompt_id and hostile.pending == [j.prompt_id for j in jobs[1:]]
+    return jobs
+
+
+def test_close_takes_our_prompts_off_the_server(hostile):
+    session = Session(hostile.url, **FAST)
+    jobs = _queued_three(hostile, session)
+    session.close()  # the default: cancel
+    assert hostile.interrupted == [jobs[0].prompt_id]
+    assert hostile.deleted == [j.prompt_id for j in jobs[1:]] and hostile.pending == []
+    assert [job.status for job in jobs] == ["cancelled"] * 3
+    assert all(f"stopped on {hostile.url}" in str(job.error) for job in jobs)
+
+
+def test_close_without_cancel_leaves_them(hostile):
+    session = Session(hostile.url, **FAST)
+    jobs = _queued_three(hostile, session)
+    session.close(cancel=False)
+    assert hostile.interrupted == [] and hostile.deleted == [] and len(hostile.pending) == 2
+    assert all(job.status == "cancelled" and "may still run" in str(job.error) for job in jobs)
