@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
-from .history import entry_problem, tags_in
+from .history import EntryError, check_entry, entry_problem, tags_in
 from .results import output_items, output_texts, view_url
 from .tracker import SUCCESS
 from .transport import Transport
@@ -82,8 +82,9 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
     ``status_str: "success"``, so the outcome comes from the messages first. A malformed entry
     gives an ``error`` row naming the wrong field (its tags kept where they can be read).
     """
-    problem = entry_problem(entry, server, prompt_id)
-    if problem is not None:
+    try:
+        check_entry(entry, server, prompt_id)
+    except EntryError as problem:
         return {
             "prompt_id": prompt_id,
             "status": "error",
@@ -300,8 +301,9 @@ async def collect_history(
     for transport in transports:
         items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
         rows = [history_row(pid, entry, transport.url) for pid, entry in items]
-        if journal is not None and items:
-            journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
+        if journal is not None and items:  # malformed entries are not recorded as outcomes
+            states = {row["prompt_id"]: row["status"] for row in rows}
+            journal.collect([(pid, e) for pid, e in items if entry_problem(e) is None], states)
         per_server.append(rows)
     return _merged(per_server, limit, sweep_id is not None, prefer)  # a sweep's rows in index order
 

@@ -426,16 +426,14 @@ class Transport:
             raise self._shape_error("POST", "/prompt", "a prompt_id")
         return data
 
-    async def get_history(self, prompt_id: str) -> dict | None:
-        """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted)."""
+    async def get_history(self, prompt_id: str) -> Any:
+        """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted).
+        The entry is as the server sent it: :func:`comfynb.history.check_entry` checks its shape."""
         path = f"/history/{quote(prompt_id, safe='')}"
         data = await self.request_json("GET", path)
         if not isinstance(data, dict):
             raise self._shape_error("GET", path, "an object")
-        entry = data.get(prompt_id)
-        if entry is not None and not isinstance(entry, dict):
-            raise self._shape_error("GET", path, "a history entry")
-        return entry
+        return data.get(prompt_id)
 
     async def get_history_page(self, max_items: int, offset: int | None = None) -> dict:
         params = {"max_items": str(max_items)}
