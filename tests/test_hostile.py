@@ -454,3 +454,28 @@ def test_close_without_cancel_leaves_them(hostile):
     session.close(cancel=False)
     assert hostile.interrupted == [] and hostile.deleted == [] and len(hostile.pending) == 2
     assert all(job.status == "cancelled" and "may still run" in str(job.error) for job in jobs)
+
+
+# -- what already worked stays so ---------------------------------------------------------------------------
+
+
+def test_many_sessions_against_a_hostile_server_leak_nothing(hostile):
+    import gc
+    import os
+    import threading
+
+    hostile.ws_junk = ["not json", b"\x00\x01", '{"type": "executing", "data": {"node": [1], "prompt_id": 5}}']
+    hostile.entry = lambda pid, e: {**e, "status": "weird"}
+
+    def one_round() -> None:
+        with Session(hostile.url, **FAST) as session:
+            with pytest.raises(ProtocolError):
+                session.submit(workflow(1)).result(timeout=WAIT)
+
+    one_round()
+    gc.collect()
+    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    for _ in range(12):
+        one_round()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2 and threading.active_count() <= threads
