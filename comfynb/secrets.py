@@ -159,7 +159,7 @@ def check_tags(tags: str | Mapping | None, secrets: Secrets | None = None) -> di
             f"tags must be a string or a dict, not {type(tags).__name__}: e.g. tags='run 3' or tags={{'run': 3}}"
         )
     try:
-        data = json.loads(json.dumps(dict(tags), allow_nan=False))
+        data = json.loads(json.dumps(dict(tags)))
     except (TypeError, ValueError, RecursionError) as exc:
         raise TagError(
             f"tags must be JSON data (strings, numbers, booleans, None, lists and dicts, without cycles): {exc}"

@@ -479,3 +479,15 @@ def test_many_sessions_against_a_hostile_server_leak_nothing(hostile):
         one_round()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= fds + 2 and threading.active_count() <= threads
+
+
+def test_log_records_are_scrubbed_whatever_logs_them(hostile, caplog):
+    with Session(hostile.url, token=TOKEN, **FAST):
+        with caplog.at_level(logging.INFO, logger="comfynb"):
+            logging.getLogger("comfynb.pool").warning("echo %s and %s", TOKEN, json.dumps({"t": TOKEN}))
+            try:
+                raise ValueError(f"deep inside: {TOKEN}")
+            except ValueError:
+                logging.getLogger("comfynb.session").exception("failed")
+    assert "echo *** and" in caplog.text and "deep inside: ***" in caplog.text
+    assert TOKEN not in caplog.text and json.dumps(TOKEN)[1:-1] not in caplog.text
