@@ -338,6 +338,7 @@ def test_the_same_input_under_two_addresses_is_refused(hostile, session):
 
 
 def test_huge_grids_are_lazy_and_bounded(hostile, session):
+    import time
     import tracemalloc
 
     from comfynb import WorkflowError
@@ -356,6 +357,10 @@ def test_huge_grids_are_lazy_and_bounded(hostile, session):
         tracemalloc.stop()
     assert held < 20 << 20  # memory does not grow with the grid: rows are built as they are sent
     assert len(sweep.jobs) <= 2 and sweep.counts()["pending"] >= 999_998
+    deadline = time.monotonic() + WAIT
+    while not (hostile.running and hostile.pending) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the two rows the concurrency allows are on the server
+    assert len(hostile.posts) == 2 and len(sweep.jobs) == 2
     assert sweep.cancel() == 1_000_000
     ended = list(sweep.as_completed(timeout=WAIT))  # the two sent rows: interrupted, deleted
     assert sorted(job.status for job in ended) == ["cancelled", "interrupted"]
