@@ -496,3 +496,34 @@ def test_log_records_are_scrubbed_whatever_logs_them(hostile, caplog):
                 logging.getLogger("comfynb.session").exception("failed")
     assert "echo *** and" in caplog.text and "deep inside: ***" in caplog.text
     assert TOKEN not in caplog.text and json.dumps(TOKEN)[1:-1] not in caplog.text
+
+
+async def test_headers_trickled_a_byte_a_second_end_within_read_even_without_total():
+    """A server that sends its status line and headers one byte a second never trips a per-read
+    timeout; with ``total=None`` the headers must still have come within ``read`` seconds."""
+    import asyncio
+
+    from comfynb import Timeout
+    from comfynb.transport import Transport
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = Transport(url, timeout=Timeouts(connect=2.0, read=1.0, total=None), retries=0)
+    try:
+        with pytest.raises(Timeout, match=r"GET /system_stats at .* timed out .*read 1 s, total none"):
+            await transport.system_stats()
+    finally:
+        await transport.close()
+        server.close()
+        await server.wait_closed()
