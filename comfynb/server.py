@@ -484,7 +484,7 @@ class Server:
                     if status == "in_progress":
                         return RUNNING, None
                     entry = entry if _outcome_of(entry) else _entry_from_job(job)
-                    if _complete(entry, state):
+                    if entry_problem(entry) is not None or _complete(entry, state):
                         return _FINISHED, entry
             if not last:
                 await asyncio.sleep(delay)
@@ -735,7 +735,7 @@ def _message(entry: dict, name: str) -> dict:
 
 def _entry_from_job(job: dict) -> dict:
     """A history-shaped entry from an ``/api/jobs/{id}`` record."""
-    workflow = job.get("workflow") or {}
+    workflow = job.get("workflow") if isinstance(job.get("workflow"), dict) else {}
     status = job.get("execution_status")
     if not status:
         ok = job.get("status") == "completed"

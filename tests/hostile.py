@@ -47,6 +47,8 @@ class Hostile:
     ``ws_messages``: ``f(prompt_id) -> [raw text frames]`` sent while a prompt runs.
     ``echo_auth``: every HTTP answer is a 401 whose body echoes the Authorization header.
     ``filename``: the output file name it reports.
+    ``jobs``: ``f(prompt_id, job) -> anything`` served by a jobs API (``/api/jobs``), while
+    ``/history/{id}`` answers ``{}`` (as after an eviction); None: no jobs API (ComfyUI before Dec 2025).
     """
 
     def __init__(self) -> None:
@@ -60,6 +62,7 @@ class Hostile:
         self.ws_messages: Callable[[str], list[str]] | None = None
         self.echo_auth = False
         self.filename = "out_00001_.png"
+        self.jobs: Callable[[str, dict], Any] | None = None
         self.posts: list[dict] = []
         self.history: dict[str, dict] = {}
         self.running: str | None = None
@@ -96,6 +99,8 @@ class Hostile:
             app.router.add_get("/view", self._view)
             app.router.add_post("/upload/image", self._upload)
             app.router.add_get("/ws", self._ws)
+            app.router.add_get("/api/jobs", self._jobs_list)
+            app.router.add_get("/api/jobs/{pid}", self._job)
             runner = web.AppRunner(app, shutdown_timeout=0.5)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -238,8 +243,34 @@ class Hostile:
             self._complete(pid, self._bodies[pid], "execution_interrupted")
         return web.json_response({})
 
+    async def _jobs_list(self, request: web.Request) -> web.Response:
+        if self.jobs is None:
+            return web.Response(status=404, text="404: Not Found")
+        listed = [{"id": self.running, "status": "in_progress"}] if self.running else []
+        listed += [{"id": pid, "status": "pending"} for pid in self.pending]
+        return web.json_response({"jobs": listed})
+
+    async def _job(self, request: web.Request) -> web.Response:
+        pid = request.match_info["pid"]
+        if self.jobs is None:
+            return web.Response(status=404, text="404: Not Found")
+        if pid not in self.history:
+            return web.json_response({"error": "Job not found"}, status=404)
+        entry = self.history[pid]
+        record = {
+            "id": pid,
+            "status": "completed",
+            "priority": entry["prompt"][0],
+            "workflow": {"prompt": entry["prompt"][2], "extra_data": entry["prompt"][3]},
+            "outputs": entry["outputs"],
+            "execution_status": entry["status"],
+        }
+        return web.json_response(self.jobs(pid, json.loads(json.dumps(record))))
+
     async def _history_one(self, request: web.Request) -> web.StreamResponse:
         pid = request.match_info["pid"]
+        if self.jobs is not None:
+            return web.json_response({})  # evicted: only the jobs API knows the prompt
         if self.history_body and pid in self.history:
             return await self._stream(request, self.history_body)
         if pid not in self.history:

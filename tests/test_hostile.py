@@ -115,6 +115,31 @@ def test_a_server_that_ignores_our_prompt_id_is_followed_never_posted_again(host
     assert "following its id" in caplog.text  # and said so
 
 
+@pytest.mark.parametrize(
+    ("field", "breaker"),
+    [
+        ("workflow", lambda job: {**job, "workflow": "a graph"}),
+        ("status", lambda job: {**job, "execution_status": "success"}),
+        ("outputs", lambda job: {**job, "outputs": [1]}),
+    ],
+)
+def test_malformed_jobs_api_record_fails_that_job(hostile, caplog, field, breaker):
+    """Where the history has lost the prompt, the jobs API record is read instead: a wrong type
+    there ends the job with a ProtocolError too (or, for an unusable graph, without it), never a crash."""
+    broken = set()
+    hostile.jobs = lambda pid, job: breaker(job) if pid in broken else job
+    with Session(hostile.url, **FAST) as session:
+        assert session.submit(workflow(1)).result(timeout=WAIT).status == "success"  # read from the jobs API
+        job = session.submit(workflow(2))
+        broken.add(job.prompt_id)
+        try:
+            job.result(timeout=WAIT)
+        except ProtocolError as exc:
+            assert f"'{field}'" in str(exc)
+        assert job.done()
+    assert "internal error" not in caplog.text
+
+
 # -- 2. /object_info with wrong types ------------------------------------------------------------------
 
 
