@@ -57,7 +57,7 @@ def main(n: int = 10_000, concurrency: int = 8) -> dict[str, int]:
             assert sweep.counts() == {"success": n}, sweep.counts()
         figures = {"held": held, "peak": peak - base, "finished": after}
         print(f"{n} prompts in {elapsed:.1f} s ({n / elapsed:.0f}/s, tracemalloc on), concurrency {concurrency}")
-        print(f"  just created (all rows held, no prompt built): {mb(held)}")
+        print(f"  just created (rows are built as they are sent): {mb(held)}")
         print(f"  peak while running (frame included):           {mb(peak - base)}")
         print(f"  all finished, jobs and results kept:           {mb(after)} (target < 100 MB)")
         return figures

@@ -9,7 +9,7 @@ from .jobs import Job, as_completed
 from .progress import progress
 from .results import FileRef, ImageRef, Result
 from .session import Session
-from .transport import Timeouts
+from .transport import Limits, Timeouts
 from .workflow import Workflow
 
 _display.register()
@@ -20,6 +20,7 @@ __all__ = [
     "FileRef",
     "ImageRef",
     "Job",
+    "Limits",
     "Result",
     "Session",
     "Timeouts",

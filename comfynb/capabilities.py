@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import HTTPStatusError, ProtocolError, Timeout
+from .errors import ComfyError, HTTPStatusError, ProtocolError, Timeout
 from .transport import Transport
 
 log = logging.getLogger("comfynb.pool")
@@ -21,14 +21,25 @@ class Capabilities:
     """What one server can run, from ``/object_info``: its node classes, and the options of each
     choice input (a model loader's options are the model files the server has)."""
 
-    def __init__(self, object_info: Mapping[str, Any] | None):
+    def __init__(self, object_info: Mapping[str, Any] | None, *, url: str | None = None):
+        """Raises ProtocolError, naming the field, if ``object_info`` does not have ComfyUI's shape."""
         self.any = object_info is None  # unknown: assume it can run anything (the server validates)
+        self.error: ComfyError | None = None  # why it is unknown, if /object_info was unreadable
+        if object_info is not None and not isinstance(object_info, Mapping):
+            raise _shape(url, "/object_info", object_info, "an object {node class: info}")
         self.classes = frozenset(object_info or ())
         self.choices: dict[tuple[str, str], frozenset] = {}
         for cls, info in (object_info or {}).items():
-            inputs = info.get("input") if isinstance(info, dict) else None
+            if not isinstance(info, Mapping):
+                raise _shape(url, cls, info, "an object")
+            inputs = info.get("input")
+            if inputs is not None and not isinstance(inputs, Mapping):
+                raise _shape(url, f"{cls}.input", inputs, "an object {required, optional}")
             for section in ("required", "optional"):
-                for name, spec in ((inputs or {}).get(section) or {}).items():
+                specs = (inputs or {}).get(section)
+                if specs is not None and not isinstance(specs, Mapping):
+                    raise _shape(url, f"{cls}.input.{section}", specs, "an object {input name: spec}")
+                for name, spec in (specs or {}).items():
                     options = _options(spec)
                     if options is not None:
                         self.choices[(cls, name)] = options
@@ -52,6 +63,14 @@ class Capabilities:
         return lacking
 
 
+def _shape(url: str | None, field: str, value: Any, expected: str) -> ProtocolError:
+    return ProtocolError(
+        f"{url or 'the server'} answered /object_info with '{field}' as {type(value).__name__} {value!r:.60}, "
+        f"expected {expected}",
+        url=url,
+    )
+
+
 def _options(spec: Any) -> frozenset | None:
     """The options of a choice input: ``[[...], {...}]`` or ``["COMBO", {"options": [...]}]``."""
     if not isinstance(spec, list) or not spec:
@@ -59,14 +78,19 @@ def _options(spec: Any) -> frozenset | None:
     if isinstance(spec[0], list):
         return frozenset(o for o in spec[0] if isinstance(o, str))
     if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        return frozenset(o for o in spec[1].get("options") or () if isinstance(o, str))
+        options = spec[1].get("options")
+        return frozenset(o for o in options if isinstance(o, str)) if isinstance(options, list) else None
     return None
 
 
 async def read_capabilities(transport: Transport) -> Capabilities:
-    """A server's capabilities; if ``/object_info`` cannot be read, it is assumed to have everything."""
+    """A server's capabilities; if ``/object_info`` cannot be read or is malformed, it is assumed
+    to have everything (routing degrades for that server only: it validates what it is sent) and
+    ``error`` says why."""
     try:
-        return Capabilities(await transport.object_info())
+        return Capabilities(await transport.object_info(), url=transport.url)
     except (HTTPStatusError, ProtocolError, Timeout) as exc:
         log.warning("cannot read what %s can run (%s); sending it any workflow", transport.url, exc)
-        return Capabilities(None)
+        caps = Capabilities(None)
+        caps.error = exc
+        return caps

@@ -38,7 +38,7 @@ from .errors import ComfyError, ExecutionError, ValidationError
 from .jobs import Job
 from .results import IN_MEMORY, FileRef, ImageRef, Result, first_frame
 from .sweep import Sweep
-from .tracker import CANCELLED, INTERRUPTED, SUCCESS, TERMINAL
+from .tracker import CANCELLED, ERROR, INTERRUPTED, SUCCESS, TERMINAL
 
 # Mid tones: legible on a white page and on a dark theme's near-black alike.
 COLOURS = {
@@ -317,6 +317,13 @@ def outcome(job: Job) -> str:
     return status
 
 
+def unsent_outcome(status: str | None, why: BaseException | None) -> str:
+    """How a sweep's rows that will never be sent are counted: closed, cancelled or error."""
+    if status == CANCELLED:
+        return "closed" if "session was closed" in str(why) else "cancelled"
+    return status or ERROR
+
+
 def counts_text(counts: dict[str, int]) -> str:
     """``21 ok · 1 error · 2 cancelled``: the outcomes that occurred, in a fixed order."""
     return " · ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o))
@@ -342,6 +349,7 @@ def failures_html(
     *,
     more: int = 0,
     where: Callable[[Job], tuple[Any, dict]] | None = None,
+    never_sent: tuple[list[int], Callable[[int], dict], BaseException | None] | None = None,
 ) -> str:
     """The first failed jobs as a table: row, parameters, how it ended, short id, why (without the
     id again); "+N more" beyond ``limit`` (``more`` counts failures not in ``jobs``). ``where(job)``
@@ -367,6 +375,21 @@ def failures_html(
                 _tip(message),
             ]
         )
+    if never_sent is not None:  # a sweep's rows that failed before they were sent: no job, no id
+        indices, row_of, error = never_sent
+        room = max(0, limit - len(rows))
+        for index in indices[:room]:
+            params = row_of(index)
+            rows.append(
+                [
+                    esc(index),
+                    _tip(params_text({"params": params}, 400), params_text({"params": params}, 400, short=True)),
+                    badge(ERROR),
+                    '<span style="opacity:0.6">not sent</span>',
+                    _tip(error_text(error, 400) if error is not None else ""),
+                ]
+            )
+        extra += len(indices) - min(room, len(indices))
     if not rows:
         return ""
     tail = f'<div style="opacity:0.7">+{extra} more</div>' if extra else ""
@@ -390,8 +413,12 @@ def _sweep_where(sweep: Sweep) -> Callable[[Job], tuple[Any, dict]]:
 def sweep_html(sweep: Sweep) -> str:
     """A sweep now: counts by outcome as a stacked bar and in words (as its live view counts
     them), the first failures, and its results frame (compact, with thumbnails) once rows ended."""
-    jobs = [job for job in sweep.jobs if job is not None]
+    jobs = list(sweep.jobs)  # the rows sent so far (rows are sent lazily)
     ended = collections.Counter(outcome(job) for job in jobs if job.done())
+    never, status, why = sweep.never_sent()  # rows never to be sent end without a job
+    if never:
+        ended[unsent_outcome(status, why)] += len(never)
+    failed_rows = (never, sweep.plan.row, why) if status == ERROR else None
     running = sum(job.status == "running" for job in jobs)
     queued = sum(job.status == "queued" for job in jobs)
     total = len(sweep)
@@ -407,7 +434,7 @@ def sweep_html(sweep: Sweep) -> str:
         f'<div class="comfynb-sweep"><div>Sweep{tag} <code>{esc(sweep.sweep_id)}</code>: {done}/{total} ended '
         f"over {esc(', '.join(sweep.plan.addresses))}</div>"
         f'<div style="max-width:480px">{stacked_bar(ended, total, running, queued)}</div><div>{esc(words)}</div>'
-        f"{failures_html(sweep.jobs, where=_sweep_where(sweep))}{frame}</div>"
+        f"{failures_html(sweep.jobs, where=_sweep_where(sweep), never_sent=failed_rows)}{frame}</div>"
     )
 
 

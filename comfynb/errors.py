@@ -43,6 +43,10 @@ class ProtocolError(TransportError):
     """The URL answers, but not like a ComfyUI server (or a message had an impossible shape)."""
 
 
+class TooLarge(TransportError):
+    """An answer was larger than comfynb accepts for its kind (see :class:`comfynb.transport.Limits`)."""
+
+
 class Timeout(ComfyError, TimeoutError):
     """A call or a wait ran out of time. Also a builtin ``TimeoutError``."""
 
@@ -163,6 +167,10 @@ class OutputsMissing(ComfyError):
 # -- local mistakes -----------------------------------------------------------------------
 
 
+class TagError(ComfyError, TypeError, ValueError):
+    """Tags that cannot be stored with a prompt: not a string or dict, not JSON, or holding a credential."""
+
+
 class WorkflowError(ComfyError, ValueError):
     """A workflow is not usable: not API format, malformed, or an input value is wrong."""
 
@@ -187,7 +195,9 @@ __all__ = [
     "OutputsMissing",
     "ProtocolError",
     "ServerUnavailable",
+    "TagError",
     "Timeout",
+    "TooLarge",
     "TransportError",
     "ValidationError",
     "WorkflowError",

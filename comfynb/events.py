@@ -69,10 +69,32 @@ def parse_text(raw: str | bytes) -> Event | None:
     if not isinstance(msg, dict):
         return None
     type_, data = msg.get("type"), msg.get("data", {})
-    if not isinstance(type_, str) or not isinstance(data, dict):
+    if not isinstance(type_, str) or not isinstance(data, dict) or not _well_formed(type_, data):
         return None
     prompt_id = data.get("prompt_id")
     return Event(type_, data, prompt_id if isinstance(prompt_id, str) else None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _well_formed(kind: str, data: dict) -> bool:
+    """Whether the fields comfynb reads from a message of this kind have ComfyUI's types; a
+    message that does not is junk, skipped like unparsable text (the history decides anyway)."""
+    node = data.get("node")
+    if kind in ("executing", "progress", "executed") and node is not None and not isinstance(node, str):
+        return False
+    if kind == "progress":
+        return all(_number(data.get(key, 0)) for key in ("value", "max"))
+    if kind == "executed":
+        return data.get("output") is None or isinstance(data["output"], dict)
+    nodes = data.get("nodes")
+    if kind == "execution_cached" and nodes is not None:
+        return isinstance(nodes, list) and all(isinstance(n, str) for n in nodes)
+    if kind == "progress_state" and nodes is not None:
+        return isinstance(nodes, dict) and all(isinstance(v, dict) for v in nodes.values())
+    return True
 
 
 def parse_binary(raw: bytes) -> Preview | Text | None:

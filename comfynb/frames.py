@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
+from .history import EntryError, check_entry, entry_problem, tags_in
 from .results import output_items, output_texts, view_url
 from .tracker import SUCCESS
 from .transport import Transport
@@ -62,11 +63,8 @@ def image_url(server: str, item: Mapping[str, Any]) -> str:
 
 
 def tags_of(entry: Mapping[str, Any]) -> dict:
-    """The ``extra_data["comfynb"]`` tags of a history entry (``{}`` for foreign prompts)."""
-    prompt = entry.get("prompt") or ()
-    extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
-    tags = extra.get("comfynb")
-    return tags if isinstance(tags, dict) else {}
+    """The ``extra_data["comfynb"]`` tags of a history entry (``{}`` for foreign or malformed prompts)."""
+    return tags_in(entry)
 
 
 def _error_text(kind: str, data: Mapping[str, Any]) -> str:
@@ -81,11 +79,22 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
     """One frame row (times as epoch ms) from one history entry.
 
     Interrupts are recorded by ComfyUI as ``status_str: "error"``, and some execution errors leave
-    ``status_str: "success"``, so the outcome comes from the messages first.
+    ``status_str: "success"``, so the outcome comes from the messages first. A malformed entry
+    gives an ``error`` row naming the wrong field (its tags kept where they can be read).
     """
+    try:
+        check_entry(entry, server, prompt_id)
+    except EntryError as problem:
+        return {
+            "prompt_id": prompt_id,
+            "status": "error",
+            "images": [],
+            "error": f"{type(problem).__name__}: {problem}",
+            "server": server,
+            **_tag_columns(tags_in(entry)),
+        }
     prompt = entry.get("prompt") or ()
     extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
-    tags = extra.get("comfynb") if isinstance(extra.get("comfynb"), dict) else {}
     status_obj = entry.get("status") or {}
     started = finished = None
     status = error = None
@@ -119,7 +128,6 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
         files["texts"] = texts
     return {
         **files,
-        "params": tags.get("params") or {},
         "prompt_id": prompt_id,
         "status": status,
         "queued_at": extra.get("create_time"),
@@ -127,9 +135,19 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
         "finished_at": finished,
         "error": error,
         "server": server,
-        "tag": tags.get("tag"),
-        "sweep_id": tags.get("sweep_id"),
-        "index": tags.get("index"),
+        **_tag_columns(tags_in(entry)),
+    }
+
+
+def _tag_columns(tags: Mapping[str, Any]) -> dict:
+    """params, tag, sweep_id and index from comfynb's tags, each dropped if of the wrong type
+    (tags are JSON the server echoes back: a foreign or broken one must not break the frame)."""
+    params, index = tags.get("params"), tags.get("index")
+    return {
+        "params": params if isinstance(params, dict) else {},
+        "tag": tags.get("tag") if isinstance(tags.get("tag"), str) else None,
+        "sweep_id": tags.get("sweep_id") if isinstance(tags.get("sweep_id"), str) else None,
+        "index": index if isinstance(index, int) and not isinstance(index, bool) else None,
     }
 
 
@@ -283,8 +301,9 @@ async def collect_history(
     for transport in transports:
         items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
         rows = [history_row(pid, entry, transport.url) for pid, entry in items]
-        if journal is not None and items:
-            journal.collect(items, {row["prompt_id"]: row["status"] for row in rows})
+        if journal is not None and items:  # malformed entries are not recorded as outcomes
+            states = {row["prompt_id"]: row["status"] for row in rows}
+            journal.collect([(pid, e) for pid, e in items if entry_problem(e) is None], states)
         per_server.append(rows)
     return _merged(per_server, limit, sweep_id is not None, prefer)  # a sweep's rows in index order
 

@@ -68,6 +68,7 @@ from typing import Any, Protocol
 from . import chaining, wsoutputs
 from .capabilities import read_capabilities
 from .errors import Cancelled, CapabilityError, ComfyError, JobLost
+from .history import entry_problem
 from .results import Result
 from .server import DOWN, UP, Server
 from .settings import Settings
@@ -634,7 +635,10 @@ class Pool:
                     await server.transport.interrupt(pid)
                 elif not state.done:
                     entry = await server.transport.get_history(pid)
-                    if ((entry or {}).get("status") or {}).get("status_str") == SUCCESS:
+                    if (
+                        entry_problem(entry) is None
+                        and ((entry or {}).get("status") or {}).get("status_str") == SUCCESS
+                    ):
                         self._adopt_result(state, server, entry)
                 del server.orphans[pid]
 

@@ -149,7 +149,7 @@ class Tally:
         self.ended: collections.Counter[str] = collections.Counter()
         self.failures: list[Job] = []
         self.failed_total = 0
-        self.recent: collections.deque[Job] = collections.deque(maxlen=STRIP)  # latest successes
+        self.recent: list[Job] = []  # the latest successes, oldest first (at most STRIP)
         self.watch_from = time.time()
         self.first_at: float | None = None  # the earliest submission of a job not ended when it joined
         self.last_end: float | None = None
@@ -165,7 +165,7 @@ class Tally:
         self.notice_count = 0
         self.stopped: str | None = None  # what the Stop button stopped
         self._open: list[Job] = []
-        self._late: list[tuple[Sweep, int]] = []  # rows of a resumed sweep whose job is not made yet
+        self._late: list[tuple[Sweep, int]] = []  # sweeps whose rows are still being sent, and jobs joined
         self._seen: set[str] = set()
         self.sessions: list = []  # whose servers' health the view shows
         self._on_job = on_job
@@ -205,13 +205,12 @@ class Tally:
             self.watch(item.session)
             self.items.append(item)
             self.total += len(item)
-            for index, job in enumerate(list(item.jobs)):
-                if job is None:
-                    self._late.append((item, index))
-                else:
-                    self._seen.add(job.prompt_id)
-                    self.rows[job.prompt_id] = (item, index)
-                    new.append(job)
+            jobs = list(item.jobs)  # the rows sent so far (rows are sent lazily, in row order)
+            for index, job in enumerate(jobs):
+                self._seen.add(job.prompt_id)
+                self.rows[job.prompt_id] = (item, index)
+                new.append(job)
+            self._late.append((item, len(jobs)))  # the others join as they are sent
         elif isinstance(item, Iterable) and not isinstance(item, (str, bytes)):
             for each in item:
                 self._add(each, new)
@@ -246,14 +245,24 @@ class Tally:
         """Count the jobs that ended since the last refresh; list those running now."""
         if self._late:
             with self._lock:
-                late, self._late = self._late, []
-                made = [(s, i) for s, i in late if i < len(s.jobs) and s.jobs[i] is not None]
-                self._late = [(s, i) for s, i in late if (s, i) not in made]
-                for sweep, index in made:
-                    self._seen.add(sweep.jobs[index].prompt_id)
-                    self.rows[sweep.jobs[index].prompt_id] = (sweep, index)
-            for sweep, index in made:
-                self._joined(sweep.jobs[index])
+                late, self._late, made = self._late, [], []
+                for sweep, joined in late:
+                    done = sweep.done()  # read first: a sweep is done only once its last job exists
+                    jobs = sweep.jobs[joined:]
+                    for k, job in enumerate(jobs, joined):
+                        self._seen.add(job.prompt_id)
+                        self.rows[job.prompt_id] = (sweep, k)
+                    made += jobs
+                    joined += len(jobs)
+                    if joined >= len(sweep):
+                        continue
+                    if done:  # rows never sent (cancelled, session closed, sending failed) end here
+                        never, status, why = sweep.never_sent()
+                        self.ended[_display.unsent_outcome(status, why)] += len(never)
+                    else:
+                        self._late.append((sweep, joined))
+            for job in made:
+                self._joined(job)
         now = time.time()
         with self._lock:
             still, running, queued, waiting = [], [], 0, 0
@@ -278,7 +287,8 @@ class Tally:
                 else:
                     waiting += 1
             self._open = still
-            return Snapshot(self, running, queued, waiting + len(self._late), now)
+            unsent = sum(len(sweep) - joined for sweep, joined in self._late)
+            return Snapshot(self, running, queued, waiting + unsent, now)
 
     def _count(self, job: Job, now: float, fresh: bool) -> None:
         """An ended job: its outcome, recovery and times (under the lock)."""
@@ -313,7 +323,10 @@ class Tally:
             if len(self.failures) < _FAILURES:
                 self.failures.append(job)
         elif kind == "ok":
+            # rows of a sweep join (and are counted) later than they end: keep the latest to end
             self.recent.append(job)
+            self.recent.sort(key=lambda j: j.finished_at or 0.0)
+            del self.recent[:-STRIP]
 
     def start_of(self, job: Job) -> float | None:
         """When the job started running: the core's ``started_at`` if it has one, else when a
@@ -369,11 +382,14 @@ class Tally:
             "running" if job.status == RUNNING else "queued" if job.status == QUEUED else "waiting"
             for job in unfinished
         )
+        # a sweep's rows not sent yet have no job: they count as waiting, dropped by its cancel()
+        states["waiting"] += sum(i.unsent().get("pending", 0) for i in self.items if isinstance(i, Sweep))
         for item in self.items:
             item.cancel()
         words = {"waiting": "not sent, dropped", "queued": "queued, removed", "running": "running, interrupted"}
         said = ", ".join(f"{states[k]} {words[k]}" for k in ("running", "queued", "waiting") if states[k])
-        self.stopped = f"stopped {len(unfinished)} job(s): {said}" if unfinished else "nothing left to stop"
+        stopped = sum(states.values())
+        self.stopped = f"stopped {stopped} job(s): {said}" if stopped else "nothing left to stop"
         return self.stopped
 
     def _open_jobs(self) -> list[Job]:

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlencode
 
 from . import _loop
 from .errors import ComfyError, ProtocolError
+from .history import check_entry
+from .saving import fit_name
 
 # (filename, subfolder, type) -> file bytes; Transport.view has this shape
 Fetcher = Callable[[str, str, str], Awaitable[bytes]]
@@ -363,7 +365,7 @@ def _safe_parts(name: str, *, allow_empty: bool = False) -> list[str]:
     parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
     if any(p == ".." or _DRIVE.match(p) for p in parts):
         raise ProtocolError(f"unsafe file name from the server: {name!r}")
-    return parts
+    return [fit_name(p) for p in parts]  # a 300-character name is shortened, not an OSError
 
 
 def _ms_to_datetime(value: Any) -> datetime | None:
@@ -467,8 +469,7 @@ class Result:
     def from_history(cls, prompt_id: str, entry: dict, *, server: str, fetcher: Fetcher | None) -> Result:
         """Parse a ``/history/{id}`` entry. The status comes from the recorded messages first,
         because ``status_str`` says "error" for interrupts and can say "success" after a cycle error."""
-        if not isinstance(entry, dict):
-            raise ProtocolError(f"history entry of {prompt_id} is not an object", url=server)
+        entry = check_entry(entry, server, prompt_id)
         outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
         status_obj = entry.get("status") if isinstance(entry.get("status"), dict) else {}
         messages = status_obj.get("messages") if isinstance(status_obj.get("messages"), list) else []

@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .history import check_entry, entry_problem
 from .results import Result
 from .settings import Settings
 from .tracker import (
@@ -462,6 +463,8 @@ class Server:
         entry = None
         for attempt in range(_HISTORY_READS):
             entry = await self.transport.get_history(pid)
+            if entry_problem(entry) is not None:  # malformed: outcome() ends the job with a ProtocolError
+                return _FINISHED, entry
             if _complete(entry, state):
                 return _FINISHED, entry
             last = attempt == _HISTORY_READS - 1
@@ -481,7 +484,7 @@ class Server:
                     if status == "in_progress":
                         return RUNNING, None
                     entry = entry if _outcome_of(entry) else _entry_from_job(job)
-                    if _complete(entry, state):
+                    if entry_problem(entry) is not None or _complete(entry, state):
                         return _FINISHED, entry
             if not last:
                 await asyncio.sleep(delay)
@@ -520,6 +523,9 @@ class Server:
 
     def outcome(self, state: PromptState, entry: dict) -> tuple[str, Result | None, BaseException | None]:
         """How a history entry says the prompt ended: (status, result or None, error or None)."""
+        problem = entry_problem(entry, self.url, state.prompt_id)
+        if problem is not None:  # the server's record has an impossible shape: this job ends with it
+            return ERROR, None, problem
         state.history = entry = self._share_echo(entry, state.body)
         result = Result.from_history(state.prompt_id, entry, server=self.url, fetcher=self.transport.view)
         result = wsoutputs.attach(result, state, self.url)
@@ -675,7 +681,11 @@ class Server:
                 job = await self.transport.get_job(prompt_id)
             except NotSupported:
                 pass
-        history = (entry.get("status") or {}).get("status_str") if entry else None
+        history = (
+            (entry.get("status") or {}).get("status_str")
+            if entry is not None and check_entry(entry, self.url, prompt_id)
+            else None
+        )
         return {"server": self.url, "queue": queue, "history": history, "job": job}
 
 
@@ -725,7 +735,7 @@ def _message(entry: dict, name: str) -> dict:
 
 def _entry_from_job(job: dict) -> dict:
     """A history-shaped entry from an ``/api/jobs/{id}`` record."""
-    workflow = job.get("workflow") or {}
+    workflow = job.get("workflow") if isinstance(job.get("workflow"), dict) else {}
     status = job.get("execution_status")
     if not status:
         ok = job.get("status") == "completed"

@@ -16,7 +16,6 @@ import atexit
 import collections
 import contextlib
 import inspect
-import json
 import logging
 import os
 import threading
@@ -25,8 +24,6 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import yarl
 
 from . import _loop
 from . import frames as _frames
@@ -38,10 +35,11 @@ from .jobs import Job
 from .journal import Journal
 from .pool import Pool
 from .results import FileRef, InputName
+from .secrets import Secrets, check_tags
 from .server import DOWN, UP
 from .settings import Settings
 from .tracker import CANCELLED, ERROR, PromptState
-from .transport import Timeouts, Transport
+from .transport import Limits, Timeouts, Transport
 from .workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,9 @@ class Session:
     ``progress``: "auto" shows live progress (widgets in a Jupyter kernel, else a text line on
     stderr), "widget" or "text" force one, False shows nothing.
     ``journal`` (a SQLite path) records every submission, so ``resume(sweep_id)`` can finish a sweep
-    after a crash or a server restart. Construction does not block; ``with``/``async with`` wait until the servers answer.
+    after a crash or a server restart. ``limits`` bounds the size of each kind of answer
+    (:class:`comfynb.transport.Limits`), ``timeout`` the time and the minimum rate (:class:`Timeouts`).
+    Construction does not block; ``with``/``async with`` wait until the servers answer.
     """
 
     def __init__(
@@ -104,6 +104,7 @@ class Session:
         failover_after: float = 30.0,
         give_up_after: float | None = 300.0,
         on_missing_outputs: str = "rerun",
+        limits: Limits = Limits(),
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -132,7 +133,7 @@ class Session:
         self._uploads: dict = {}  # (server, content-addressed name) -> name on the server
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._sim_context: Any = None
-        self._secrets = _secrets(urls, headers, auth, token)
+        self._secrets = Secrets.of(urls, headers=headers, auth=auth, token=token)
         transports = [
             Transport(
                 u,
@@ -143,6 +144,7 @@ class Session:
                 retries=retries,
                 backoff=backoff,
                 verify_ssl=verify_ssl,
+                limits=limits,
             )
             for u in urls
         ]
@@ -298,6 +300,7 @@ class Session:
         concurrency: int | None = None,
         tag: str | None = None,
         seeds: int | Iterable[int] | None = None,
+        max_rows: int | None = _sweep.MAX_ROWS,
     ) -> _sweep.Sweep:
         """One prompt per row of a grid, of aligned lists (``zip``) or of explicit ``rows``, at most
         ``concurrency`` on the servers at once (default: 8, or enough to fill every server's
@@ -305,11 +308,22 @@ class Session:
 
         Addresses are checked before anything is sent. ``seeds=n`` adds a seed axis (the
         workflow's seed, +1, ...), or give a list. Images as values are uploaded once each.
+        Rows are built as they are sent; more than ``max_rows`` (None: no limit) is refused.
         """
         if concurrency is None:
             concurrency = self._pool.concurrency()
         return self._announce(
-            _sweep.start(self, workflow, grid=grid, zip=zip, rows=rows, concurrency=concurrency, tag=tag, seeds=seeds)
+            _sweep.start(
+                self,
+                workflow,
+                grid=grid,
+                zip=zip,
+                rows=rows,
+                concurrency=concurrency,
+                tag=tag,
+                seeds=seeds,
+                max_rows=max_rows,
+            )
         )
 
     def resume(self, sweep_id: str) -> _sweep.Sweep:
@@ -381,19 +395,7 @@ class Session:
         return await _frames.collect_history(up, journal=self.journal, prefer=prefer, **query)
 
     def _tags(self, tags: str | Mapping | None) -> dict | None:
-        if tags is None:
-            return None
-        if isinstance(tags, str):
-            tags = {"tag": tags}
-        elif not isinstance(tags, Mapping):
-            raise TypeError(f"tags must be a string or a dict, not {type(tags).__name__}")
-        try:
-            text = json.dumps(dict(tags))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"tags must be JSON-serialisable: {exc}") from None
-        if any(secret in text for secret in self._secrets):
-            raise ValueError("tags contain a credential of this session; they are stored on the server in clear")
-        return json.loads(text)
+        return check_tags(tags, self._secrets)  # TagError if not JSON or holding a credential
 
     def _settle_unsent(self, state: PromptState, error: BaseException, status: str = ERROR) -> None:
         """End a job that no server took (a sweep whose sending failed); from any thread."""
@@ -625,15 +627,3 @@ class _Record:
 
     def may_resubmit(self, state: PromptState) -> bool:
         return self.journal is None or self.journal.may_resubmit(state)
-
-
-_CREDENTIAL_HEADERS = ("auth", "cookie", "key", "token", "secret", "password", "session")
-
-
-def _secrets(urls: list[str], headers: dict | None, auth: tuple[str, str] | None, token: str | None) -> list[str]:
-    """Credential values that must never be sent in clear as tags: the token, passwords, and the
-    values of headers whose name says they carry one (other headers, like ``X-Mode: true``, do not)."""
-    values = [str(v) for k, v in (headers or {}).items() if any(w in str(k).lower() for w in _CREDENTIAL_HEADERS)]
-    values += [token or "", auth[1] if auth else ""]
-    values += [yarl.URL(u if "://" in u else "http://" + u).password or "" for u in urls]
-    return [v for v in values if len(v) >= 4]

@@ -14,9 +14,10 @@ import json
 import math
 import os
 import re
+import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,17 @@ import numpy as np
 import pandas as pd
 
 from . import _loop
-from .errors import ComfyError, Timeout, WorkflowError
+from .errors import Cancelled, ComfyError, TagError, Timeout, WorkflowError
 from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, frame_from_rows, history_row
-from .jobs import as_completed
 from .journal import TERMINAL, Submission
 from .results import IN_MEMORY, FileRef, first_frame, write_file
+from .tracker import CANCELLED, ERROR, PENDING
 from .uploads import is_image, upload
 from .workflow import Workflow
 
 _SEED_INPUTS = ("seed", "noise_seed")
+_FILE_INPUTS = ("image", "mask", "video", "audio", "file")  # loader inputs that take an uploaded file
+MAX_ROWS = 100_000  # a sweep above this needs max_rows= raised: a typo in a grid can mean 10^9 prompts
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
 
 
@@ -116,16 +119,20 @@ class Plan:
 # -- checking a sweep's definition -------------------------------------------------------------
 
 
-def _json(value: Any) -> Any:
-    """Plain JSON data (numpy scalars, tuples converted): plans go into tags and the journal."""
+def _json(value: Any, where: str = "", _open: frozenset = frozenset()) -> Any:
+    """Plain JSON data (numpy scalars, tuples converted): plans go into tags and the journal.
+    A list or dict that contains itself is a WorkflowError, not a RecursionError."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, FileRef):  # an earlier job's output: "sub/name.png [output]", remembering its server
         return value.as_input()
-    if isinstance(value, (list, tuple)):
-        return [_json(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, Mapping)):
+        if id(value) in _open:
+            raise WorkflowError(f"the values of '{where}' contain a list or dict that contains itself")
+        inside = _open | {id(value)}
+        if isinstance(value, Mapping):
+            return {k: _json(v, where, inside) for k, v in value.items()}
+        return [_json(v, where, inside) for v in value]
     return value
 
 
@@ -149,17 +156,25 @@ def make_plan(
     rows: Iterable[Mapping] | None = None,
     seeds: int | Iterable[int] | None = None,
     upload: Callable[[list], dict[int, str]] | None = None,
+    max_rows: int | None = None,
 ) -> Plan:
     """Check a sweep's definition against the workflow, before anything is submitted.
 
-    Every address must resolve (AddressError, with suggestions), aligned lists must have equal
-    lengths, and every value must be settable (JSON, not over a link), so a sweep never fails
-    half-way because of its own definition. Image values (see :func:`is_image`) are given to
-    ``upload``, which returns ``{id(image): server name}``; the plan holds the names.
+    Every address must resolve (AddressError, with suggestions), no input may be swept under two
+    addresses, aligned lists must have equal lengths, the number of rows must not exceed
+    ``max_rows``, and every value must be settable (JSON, not over a link), so a sweep never fails
+    half-way because of its own definition. File values (see :func:`is_image`) of loader inputs are
+    given to ``upload``, which returns ``{id(image): server name}``; the plan holds the names.
     """
     given = [name for name, v in (("grid", grid), ("zip", zip), ("rows", rows)) if v is not None]
     if len(given) > 1:
         raise WorkflowError(f"give one of grid=, zip= or rows=, not {' and '.join(given)}")
+    for name, value in (("grid", grid), ("zip", zip)):
+        if value is not None and not value and seeds is None:
+            raise WorkflowError(
+                f"{name}={{}} has nothing to sweep: give an address and its values, e.g. "
+                f"{name}={{'KSampler.seed': [1, 2]}}, or use session.submit for one prompt"
+            )
     if rows is not None:
         if isinstance(rows, Mapping):
             raise WorkflowError("rows= takes a list of dicts {address: value}, one per prompt")
@@ -179,8 +194,17 @@ def make_plan(
                     f"zip= needs lists of equal length (one value per prompt); got {shown}. "
                     "Use grid= for every combination."
                 )
-    images = [v for _, values in axes for v in values if is_image(v)]
-    images += [v for row in row_list or () for v in row.values() if is_image(v)]
+    if not given and seeds is None:
+        raise WorkflowError("give grid=, zip= or rows= (or seeds=) to say what to sweep")
+    seed = _seed_axis(wf, seeds) if seeds is not None else None
+    plan = Plan(plan_kind, axes, row_list, seed)
+    _check_addresses(wf, plan)
+    if max_rows is not None and plan.total > max_rows:
+        raise WorkflowError(
+            f"this sweep has {plan.total:,} rows, more than max_rows={max_rows:,}: pass max_rows={plan.total} "
+            "(or None) if you mean it, or sweep fewer values (rows are sent lazily, but each one runs)"
+        )
+    images = _images(wf, plan)
     if images:
         if upload is None:
             raise WorkflowError("this sweep has images as values; run it through session.sweep, which uploads them")
@@ -191,16 +215,54 @@ def make_plan(
             if row_list is not None
             else None
         )
-    axes = [(a, _json(values)) for a, values in axes]
-    row_list = _json(row_list)
-    seed = _seed_axis(wf, seeds) if seeds is not None else None
+    axes = [(a, _json(values, a)) for a, values in axes]
+    row_list = _json(row_list, "rows")
     plan = Plan(plan_kind, axes, row_list, seed)
-    if seed and seed[0] in plan.addresses[:-1]:
-        raise WorkflowError(f"'{seed[0]}' is swept already; drop seeds= or drop it from the sweep")
-    if not given and seed is None:
-        raise WorkflowError("give grid=, zip= or rows= (or seeds=) to say what to sweep")
     _check(wf, plan)
     return plan
+
+
+def _check_addresses(wf: Workflow, plan: Plan) -> None:
+    """Every address resolves, and no input is swept under two addresses (the frame would show
+    values for one of them that were never used)."""
+    seen: dict[tuple[str, str], str] = {}
+    for address in plan.addresses:
+        key = wf.resolve(address)
+        if key in seen:
+            raise WorkflowError(
+                f"'{seen[key]}' and '{address}' are the same input ('{key[1]}' of node {key[0]}): it is swept "
+                "already; sweep it under one address only"
+                + (" (seeds= sweeps it too: drop seeds= or drop it from the sweep)" if plan.seed else "")
+            )
+        seen[key] = address
+
+
+def _file_input(wf: Workflow, address: str) -> bool:
+    """Whether an input takes an uploaded file's name: a loader's (``LoadImage.image``) or one named like it."""
+    nid, name = wf.resolve(address)
+    node = wf._graph[nid]
+    return name in _FILE_INPUTS or str(node.get("class_type", "")).startswith("Load")
+
+
+def _images(wf: Workflow, plan: Plan) -> list:
+    """The image values to upload; a Path that is missing, or an image for an input that does not
+    take one, is a WorkflowError naming where it is."""
+    found = []
+    places = [(f"'{a}' value {n}", a, v) for a, values in plan.axes for n, v in enumerate(values)]
+    places += [(f"row {i} '{a}'", a, v) for i, row in enumerate(plan.rows or ()) for a, v in row.items()]
+    for where, address, value in places:
+        if not is_image(value):
+            continue
+        if not _file_input(wf, address):
+            hint = " Give str(path) to send the path as text." if isinstance(value, os.PathLike) else ""
+            raise WorkflowError(
+                f"{where}: '{address}' is not an input that takes a file (a loader's), so a "
+                f"{type(value).__name__} cannot go there (it would be uploaded).{hint}"
+            )
+        if isinstance(value, os.PathLike) and not Path(value).is_file():
+            raise WorkflowError(f"{where}: no such file {os.fspath(value)!r} to upload")
+        found.append(value)
+    return found
 
 
 def _seed_axis(wf: Workflow, seeds: int | Iterable[int]) -> tuple[str, list]:
@@ -248,9 +310,10 @@ def _check(wf: Workflow, plan: Plan) -> None:
 class Sweep:
     """One prompt per row of a :class:`Plan`, at most ``concurrency`` of them on the servers at once.
 
-    ``jobs`` has one :class:`~comfynb.jobs.Job` per row from the start; rows waiting for a slot are
-    ``pending`` jobs without a prompt (built when the slot opens), so they cost little and cancel
-    at once. ``await sweep`` or ``sweep.result()`` give the results frame (see :mod:`comfynb.frames`).
+    Rows are built and sent lazily, as slots free up: a sweep's memory grows with the rows sent,
+    never with the size of its grid. ``len(sweep)`` is the number of rows; ``jobs`` holds the
+    :class:`~comfynb.jobs.Job` of each row sent so far, in the order sent. ``await sweep`` or
+    ``sweep.result()`` give the results frame (see :mod:`comfynb.frames`), one row per plan row.
     """
 
     def __init__(
@@ -271,20 +334,25 @@ class Sweep:
         self.concurrency = concurrency
         self.tag = tag
         self.sweep_id = sweep_id or uuid.uuid4().hex[:16]
-        self.jobs: list = []
+        self.jobs: list = []  # the job of every row sent so far, in the order sent
+        self._rows: dict[int, Any] = {}  # row index -> its job
+        self._finished: list = []  # jobs in the order they ended (as_completed)
         self._flying: set = set()  # futures of the jobs on a server (each holds a slot)
         self._remaining = plan.total
+        self._stopped_at: int | None = None  # rows from here on that were not sent will never be
+        self._stop_error: BaseException | None = None  # why (None: cancelled)
+        self._loop = _loop.get_loop()
         self._wake: asyncio.Event | None = None
         self._cancelled = False
         self._done: concurrent.futures.Future = concurrent.futures.Future()
+        self._tick: concurrent.futures.Future = concurrent.futures.Future()  # resolved when a row ends
         self._template = workflow.to_api()
 
     # -- starting ---------------------------------------------------------------------------------
 
     def _start(self, sent: Mapping[int, Submission] | None = None) -> Sweep:
-        """Create one job per row; ``sent`` maps rows submitted earlier (resume) to their journal records."""
+        """Start sending rows; ``sent`` maps rows submitted earlier (resume) to their journal records."""
         sent = sent or {}
-        self.jobs = [None if i in sent else self.session._hold() for i in range(self.plan.total)]
         if sent:
             _loop.run_sync(self._adopt_all(sent))
         self.session._sweeps[self.sweep_id] = self
@@ -296,37 +364,61 @@ class Sweep:
             return
         if not self._done.done():
             self._done.set_exception(fut.exception())
-        _loop.get_loop().call_soon_threadsafe(self._end_held, fut.exception())
-
-    def _end_held(self, error: BaseException) -> None:
-        """Sending rows failed: the rows never sent end with that error instead of waiting forever."""
-        for job in self.jobs:
-            if job is not None and job._state.body is None and not job.done():
-                self.session._settle_unsent(job._state, error)
+        self._ticked()
 
     async def _adopt_all(self, sent: Mapping[int, Submission]) -> None:
         await asyncio.wrap_future(self.session._started)
-        for i, record in sent.items():
-            self.jobs[i] = self._adopt(record)
-            self._flying.add(self.jobs[i]._state.future)
+        for i in sorted(sent):
+            job = self._adopt(sent[i])
+            if not job.done():
+                self._flying.add(job._state.future)
+            self._add(i, job)
+
+    def _add(self, index: int, job: Any) -> None:
+        self._rows[index] = job
+        self.jobs.append(job)
+        job._state.future.add_done_callback(lambda _, job=job: self._loop.call_soon_threadsafe(self._job_done, job))
 
     async def _run(self, sent: Mapping[int, Submission]) -> None:
-        """Send the held rows in row order as slots free up (rows sent earlier hold slots too)."""
-        self._loop = asyncio.get_running_loop()
+        """Build and send the rows in row order as slots free up (rows sent earlier hold slots too)."""
         self._wake = asyncio.Event()
-        for job in self.jobs:
-            job._state.future.add_done_callback(self._future_done)
         for i in range(self.plan.total):
             while len(self._flying) >= self.concurrency and not self._cancelled:
                 self._wake.clear()
                 await self._wake.wait()
-            job = self.jobs[i]
-            if i in sent or self._cancelled or job.done():
+            if self._cancelled:
+                self._stop(i, None)
+                return
+            if i in sent:
                 continue
+            try:
+                job = self.session._hold()
+            except ComfyError:  # the session was closed
+                self._stop(i, Cancelled(f"the session was closed before row {i} of sweep {self.sweep_id} was sent"))
+                return
             self._flying.add(job._state.future)
-            params = self.plan.row(i)
-            tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
-            self.session._send_held(job, self._prompt(params), tags)
+            self._add(i, job)
+            try:
+                params = self.plan.row(i)
+                tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
+                self.session._send_held(job, self._prompt(params), tags)
+            except Exception as exc:  # the row cannot be sent: neither can the ones after it
+                self._done.set_exception(exc)  # first: result() raises it, whatever ends next
+                self.session._settle_unsent(job._state, exc)
+                self._stop(i + 1, exc)
+                return
+
+    def _stop(self, index: int, error: BaseException | None) -> None:
+        """Rows from ``index`` on that were not sent never will be (cancelled, session closed, failed)."""
+        self._stopped_at, self._stop_error = index, error
+        self._remaining -= self.plan.total - index - sum(1 for i in self._rows if i >= index)
+        if self._remaining == 0 and not self._done.done():
+            self._done.set_result(None)
+        self._ticked()
+
+    def _ticked(self) -> None:
+        tick, self._tick = self._tick, concurrent.futures.Future()
+        tick.set_result(None)
 
     def _prompt(self, params: Mapping) -> dict:
         """The row's API graph, sharing every part it leaves unchanged with all other rows (memory)."""
@@ -352,16 +444,17 @@ class Sweep:
             attempts=sub.attempts,
         )
 
-    def _future_done(self, fut: concurrent.futures.Future) -> None:
-        self._loop.call_soon_threadsafe(self._job_done, fut)
-
-    def _job_done(self, fut: concurrent.futures.Future) -> None:
+    def _job_done(self, job: Any) -> None:
+        fut = job._state.future
         if fut in self._flying:
             self._flying.discard(fut)
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
+        self._finished.append(job)
         self._remaining -= 1
         if self._remaining == 0 and not self._done.done():
             self._done.set_result(None)
+        self._ticked()
 
     # -- waiting and results ------------------------------------------------------------------------
 
@@ -394,40 +487,68 @@ class Sweep:
     def done(self) -> bool:
         return self._done.done()
 
-    def as_completed(self, timeout: float | None = None) -> as_completed:
-        """Jobs in finishing order: ``for job in ...`` blocks, ``async for job in ...`` awaits."""
-        return as_completed(self.jobs, timeout)
+    def as_completed(self, timeout: float | None = None) -> _Completed:
+        """Jobs in finishing order, including rows sent after the call: ``for job in ...`` blocks,
+        ``async for job in ...`` awaits. Rows cancelled before being sent have no job."""
+        return _Completed(self, timeout)
 
     def cancel(self) -> int:
-        """Cancel every unfinished row: held rows are dropped, queued deleted, running interrupted.
-
-        Returns how many jobs were asked to stop.
-        """
+        """Cancel every unfinished row: rows not sent are dropped, queued ones deleted, running ones
+        interrupted. Returns how many rows were stopped (jobs asked to stop, and rows never sent)."""
         self._cancelled = True
-        return sum(job.cancel() for job in self.jobs)
+        asked = sum(job.cancel() for job in list(self.jobs))
+        if self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        return asked + self.plan.total - len(self._rows)
 
     def frame(self) -> pd.DataFrame:
         """The results frame now: finished rows from their history, the others from their state."""
-        return frame_from_rows(self._row(i, job) for i, job in enumerate(self.jobs))
+        return frame_from_rows(self._row(i) for i in range(self.plan.total))
 
-    def _row(self, index: int, job: Any) -> dict:
-        if job.history is not None:
+    def _row(self, index: int) -> dict:
+        job = self._rows.get(index)
+        if job is not None and job.history is not None:
             return history_row(job.prompt_id, job.history, job.server)
-        error = job.error
+        if job is not None:
+            status, error, prompt_id, server = job.status, job.error, job.prompt_id, job.server
+        else:
+            status, error = self._unsent_status(index), self._stop_error
+            prompt_id = server = None
         return {
             "params": self.plan.row(index),
-            "prompt_id": job.prompt_id,
-            "status": job.status,
+            "prompt_id": prompt_id,
+            "status": status,
             "error": None if error is None else f"{type(error).__name__}: {error}",
-            "server": job.server,
+            "server": server,
             "tag": self.tag,
             "sweep_id": self.sweep_id,
             "index": index,
         }
 
+    def _unsent_status(self, index: int) -> str:
+        if self._stopped_at is None or index < self._stopped_at:
+            return PENDING
+        return CANCELLED if self._stop_error is None or isinstance(self._stop_error, Cancelled) else ERROR
+
+    def never_sent(self) -> tuple[list[int], str | None, BaseException | None]:
+        """The rows that will never be sent (the sweep was cancelled, its session closed, or
+        sending failed), their status, and why (None: cancelled)."""
+        if self._stopped_at is None:
+            return [], None, None
+        rows = [i for i in range(self._stopped_at, self.plan.total) if i not in self._rows]
+        return rows, self._unsent_status(self.plan.total - 1), self._stop_error
+
     def counts(self) -> dict[str, int]:
-        """Rows per status."""
-        return dict(collections.Counter(job.status for job in self.jobs))
+        """Rows per status (rows not sent yet are ``pending``)."""
+        counts = collections.Counter(job.status for job in list(self.jobs))
+        counts.update(self.unsent())
+        return dict(counts)
+
+    def unsent(self) -> dict[str, int]:
+        """Rows without a job, by status: ``pending`` (not sent yet), or ``cancelled``/``error``
+        (never to be sent: the sweep was cancelled, its session closed, or sending failed)."""
+        unsent = self.plan.total - len(self._rows)
+        return {self._unsent_status(self.plan.total - 1): unsent} if unsent else {}
 
     def __repr__(self) -> str:
         counts = self.counts()
@@ -455,8 +576,8 @@ class Sweep:
         """
         frame = self.result() if wait else self.frame()
         extra: dict[int, list[FileRef]] = {}
-        for position, job in enumerate(self.jobs):
-            if job is not None and job.status == "success":
+        for position, job in sorted(self._rows.items()):  # the frame has one row per plan row
+            if job.status == "success":
                 refs = [f for f in job.result().files if f.type == IN_MEMORY]
                 if refs:
                     extra[position] = refs
@@ -466,6 +587,54 @@ class Sweep:
 def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+class _Completed:
+    """A sweep's jobs as they end (see :meth:`Sweep.as_completed`)."""
+
+    def __init__(self, sweep: Sweep, timeout: float | None):
+        self._sweep = sweep
+        self._timeout = timeout
+
+    def _expired(self) -> Timeout:
+        s = self._sweep
+        return Timeout(
+            f"sweep {s.sweep_id}: {s._remaining} of {s.plan.total} rows not finished within {self._timeout:g} s"
+        )
+
+    def __iter__(self) -> Iterator:
+        if _loop.in_loop_thread():
+            raise RuntimeError("as_completed() would deadlock on comfynb's own loop thread; use `async for`")
+        sweep, seen = self._sweep, 0
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            tick = sweep._tick
+            if seen < len(sweep._finished):
+                seen += 1
+                yield sweep._finished[seen - 1]
+            elif sweep._done.done():
+                return
+            else:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not concurrent.futures.wait([tick], remaining).done:
+                    raise self._expired()
+
+    async def __aiter__(self) -> AsyncIterator:
+        sweep, seen = self._sweep, 0
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            tick = sweep._tick
+            if seen < len(sweep._finished):
+                seen += 1
+                yield sweep._finished[seen - 1]
+            elif sweep._done.done():
+                return
+            else:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(tick)), remaining)
+                except TimeoutError:
+                    raise self._expired() from None
 
 
 def _share(value: Any, base: Any) -> Any:
@@ -657,10 +826,11 @@ def start(
     concurrency: int = 8,
     tag: str | None = None,
     seeds: int | Iterable[int] | None = None,
+    max_rows: int | None = MAX_ROWS,
 ) -> Sweep:
     """Check the definition, upload its images, journal it, and start sending rows (see Session.sweep)."""
     if tag is not None and not isinstance(tag, str):
-        raise TypeError(f"tag must be a string, not {type(tag).__name__}")
+        raise TagError(f"tag must be a string, not {type(tag).__name__}")
     wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
     plan = make_plan(
         wf,
@@ -669,6 +839,7 @@ def start(
         rows=rows,
         seeds=seeds,
         upload=lambda images: _loop.run_sync(upload_everywhere(session, images)),
+        max_rows=max_rows,
     )
     sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
     session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent

@@ -18,20 +18,23 @@ import random
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import aiohttp
 import yarl
 
 from .errors import (
+    ComfyError,
     HTTPStatusError,
     NodeError,
     ProtocolError,
     ServerUnavailable,
     Timeout,
+    TooLarge,
     ValidationError,
 )
+from .secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +43,40 @@ _NOT_COMFY = "answers but is not ComfyUI"
 _TLS_HINT = "pass verify_ssl=False only if you trust this server"
 _AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
 _BODY_LIMIT = 2000
+_KINDS = {"json": "an answer", "view": "an output file read into memory", "file": "an output file saved to disk"}
 _MAX_DELAY = 5.0
 _FIRST_RETRY = 0.02
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. ``read`` bounds each socket read; ``total`` one whole HTTP call (per attempt)."""
+    """Seconds. ``read`` bounds each socket read, and the wait for an answer's headers; ``total``
+    one whole HTTP call (per attempt). A body must also arrive at ``min_rate`` bytes per second or
+    more, measured over each ``rate_window`` (None: no minimum), so a server trickling an answer
+    ends with an error even with ``total=None``."""
 
     connect: float = 10.0
     read: float = 30.0
     total: float | None = 60.0
     ws_heartbeat: float = 10.0  # ping interval; no pong within half of it closes the socket
+    min_rate: float | None = 1024.0
+    rate_window: float = 10.0
+
+
+_MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bytes: the largest answer of each kind comfynb accepts, so a broken or hostile server cannot
+    exhaust memory or disk. ``json``: any JSON answer (history, queue, object_info...); ``view``: an
+    output file read into memory (``ImageRef.data``); ``file``: an output file streamed to disk
+    (``save``); ``ws_frame``: one WebSocket message."""
+
+    json: int = 64 * _MB
+    view: int = 64 * _MB
+    file: int = 2048 * _MB
+    ws_frame: int = 32 * _MB
 
 
 class NotSupported(HTTPStatusError):
@@ -135,6 +160,7 @@ class Transport:
         retries: int = 3,
         backoff: float = 0.2,
         verify_ssl: bool = True,
+        limits: Limits = Limits(),
     ):
         base, url_auth = _split_url(url)
         auth = auth or url_auth
@@ -142,22 +168,19 @@ class Transport:
         given = [auth is not None, token is not None, any(k.lower() == "authorization" for k in headers)]
         if sum(given) > 1:
             raise ValueError("give only one of auth (or user:password in the URL), token, or an Authorization header")
-        secrets = list(headers.values())
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-            secrets.append(token)
         if auth is not None:
             encoded = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers["Authorization"] = f"Basic {encoded}"
-            secrets += [auth[1], encoded]
         self.url = base
         self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
-        # longest first, so a secret containing another is replaced whole
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets = Secrets.of([url], headers=headers, auth=auth, token=token)
         if not isinstance(timeout, Timeouts):
             timeout = Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout)
         self.timeouts = timeout
+        self.limits = limits
         self.retries = max(0, retries)
         self.backoff = backoff
         self._ssl = bool(verify_ssl)
@@ -202,9 +225,7 @@ class Transport:
         )
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._secrets.scrub(text)
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc)
@@ -259,12 +280,15 @@ class Transport:
         json: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
         retry: bool,
+        kind: str = "json",
     ) -> tuple[int, bytes]:
-        """One call with bounded retries; returns (status, body) of the last answer."""
+        """One call with bounded retries; returns (status, body) of the last answer. The body of a
+        200 is bounded by ``limits.<kind>``."""
+        opts = {"params": params, "json": json, "form": form, "retry": retry, "kind": kind}
         if self._closed:
             async with self._new_session() as session:
-                return await self._attempts(session, method, path, params=params, json=json, form=form, retry=retry)
-        return await self._attempts(self._client(), method, path, params=params, json=json, form=form, retry=retry)
+                return await self._attempts(session, method, path, **opts)
+        return await self._attempts(self._client(), method, path, **opts)
 
     async def _attempts(
         self,
@@ -276,6 +300,7 @@ class Transport:
         json: Any,
         form: Callable[[], aiohttp.FormData] | None,
         retry: bool,
+        kind: str,
     ) -> tuple[int, bytes]:
         url = self.url + path
         attempts = 1 + self.retries if retry else 1
@@ -284,13 +309,26 @@ class Transport:
             attempt += 1
             error: Exception | None = None
             try:
-                async with session.request(
-                    method, url, params=params, json=json, data=form() if form else None, ssl=self._ssl
-                ) as resp:
-                    body = await resp.read()
+                # with total=None, the answer's headers still come within `read` s, however slowly they trickle
+                head = self.timeouts.read if self.timeouts.total is None and form is None else None
+                async with asyncio.timeout(head):
+                    resp = await session.request(
+                        method, url, params=params, json=json, data=form() if form else None, ssl=self._ssl
+                    )
+                try:
+                    ok = resp.status == 200
+                    body = await self._read(resp, method, path, kind if ok else "json")
+                except BaseException:
+                    resp.close()  # a half-read connection is not reused
+                    raise
+                resp.release()
+                if resp.status >= 300:
+                    body = self._secrets.scrub_bytes(body)
                 if (resp.status < 500 and resp.status != 429) or attempt == attempts:
                     return resp.status, body
                 failure = f"HTTP {resp.status}"
+            except ComfyError:
+                raise  # too large or too slow: an answer, not a failure that a retry mends
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failure = self._describe(exc)
                 # a certificate does not get better by retrying
@@ -303,6 +341,63 @@ class Transport:
             delay = min(base, _MAX_DELAY) * random.uniform(0.5, 1.5)
             log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
+
+    async def _read(
+        self, resp: aiohttp.ClientResponse, method: str, path: str, kind: str, out: BinaryIO | None = None
+    ) -> bytes:
+        """The body, at most ``limits.<kind>`` bytes and at ``timeouts.min_rate`` or faster; with
+        ``out``, written there as it arrives (never held whole in memory) and ``b""`` returned."""
+        limit = getattr(self.limits, kind)
+        what = f"{method} {self.url}{path}"
+        if resp.content_length is not None and resp.content_length > limit:
+            raise self._too_large(what, kind, limit, resp.content_length)
+        t = self.timeouts
+        loop = asyncio.get_running_loop()
+        need = t.min_rate * t.rate_window if t.min_rate else 0
+        deadline = loop.time() + t.rate_window if need else None
+        size = window = 0
+        buf = bytearray()
+        try:
+            while True:
+                timer = asyncio.timeout_at(deadline)
+                try:
+                    async with timer:
+                        chunk = await resp.content.readany()
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    chunk = None  # the window ended without data
+                if chunk == b"":
+                    break
+                if chunk:
+                    size += len(chunk)
+                    window += len(chunk)
+                    if size > limit:
+                        raise self._too_large(what, kind, limit)
+                    if out is not None:
+                        out.write(chunk)
+                    else:
+                        buf += chunk
+                if deadline is not None and loop.time() >= deadline:
+                    if window < need:
+                        raise Timeout(
+                            f"{what} is too slow: {window} bytes in the last {t.rate_window:g} s, below "
+                            f"Timeouts.min_rate={t.min_rate:g} bytes/s; a stalled or hostile server "
+                            "(lower min_rate for a slow link)"
+                        )
+                    deadline, window = loop.time() + t.rate_window, 0
+        except BaseException:
+            buf.clear()  # the error's traceback holds this frame: it must not hold the body too
+            raise
+        return bytes(buf)
+
+    def _too_large(self, what: str, kind: str, limit: int, declared: int | None = None) -> TooLarge:
+        size = f"{declared / _MB:.0f} MB" if declared is not None else f"more than {limit / _MB:g} MB"
+        return TooLarge(
+            f"{what} sent {size}, over the {limit / _MB:g} MB allowed for {_KINDS[kind]} "
+            f"(Limits.{kind}); if the server really sends that much, raise it: Session(..., limits=Limits({kind}=...))",
+            url=self.url,
+        )
 
     # -- API --------------------------------------------------------------------------------
 
@@ -331,16 +426,14 @@ class Transport:
             raise self._shape_error("POST", "/prompt", "a prompt_id")
         return data
 
-    async def get_history(self, prompt_id: str) -> dict | None:
-        """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted)."""
+    async def get_history(self, prompt_id: str) -> Any:
+        """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted).
+        The entry is as the server sent it: :func:`comfynb.history.check_entry` checks its shape."""
         path = f"/history/{quote(prompt_id, safe='')}"
         data = await self.request_json("GET", path)
         if not isinstance(data, dict):
             raise self._shape_error("GET", path, "an object")
-        entry = data.get(prompt_id)
-        if entry is not None and not isinstance(entry, dict):
-            raise self._shape_error("GET", path, "a history entry")
-        return entry
+        return data.get(prompt_id)
 
     async def get_history_page(self, max_items: int, offset: int | None = None) -> dict:
         params = {"max_items": str(max_items)}
@@ -402,8 +495,9 @@ class Transport:
         await self.request_json("POST", "/interrupt", json=body, retry=prompt_id is not None)
 
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        """An output file, into memory (at most ``limits.view`` bytes)."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        status, body = await self._send("GET", "/view", params=params, retry=True)
+        status, body = await self._send("GET", "/view", params=params, retry=True, kind="view")
         if status != 200:
             raise self._status_error("GET", "/view", status, body)
         return body
@@ -423,12 +517,10 @@ class Transport:
                     try:
                         async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
                             if resp.status != 200:
-                                body = await resp.read()
+                                body = await self._read(resp, "GET", "/view", "json")
                                 raise self._status_error("GET", "/view", resp.status, body)
-                            size = 0
-                            async for chunk in resp.content.iter_chunked(1 << 16):
-                                out.write(chunk)
-                                size += len(chunk)
+                            await self._read(resp, "GET", "/view", "file", out)  # at most limits.file
+                            size = out.tell()
                     finally:
                         if self._closed:
                             await session.close()
@@ -437,6 +529,8 @@ class Transport:
             except HTTPStatusError as exc:
                 if exc.status < 500 or attempt == attempts:
                     error = exc
+            except (TooLarge, Timeout) as exc:  # too large or too slow: retrying would not mend it
+                error = exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if attempt == attempts:
                     error = self._connection_error(exc, "GET /view", attempt)
@@ -528,13 +622,14 @@ class Transport:
         return data
 
     async def ws_connect(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
-        """Open ``/ws?clientId=``: no size limit (big ``executed`` payloads, PNG frames), pings to spot stalls."""
+        """Open ``/ws?clientId=``: messages up to ``limits.ws_frame`` (big ``executed`` payloads, PNG
+        frames; a bigger one ends the socket, which reconnects), pings to spot stalls."""
         error: Exception
         try:
             return await self._client().ws_connect(
                 self._ws_url,
                 params={"clientId": client_id},
-                max_msg_size=0,
+                max_msg_size=self.limits.ws_frame,
                 heartbeat=self.timeouts.ws_heartbeat,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeouts.connect),
                 ssl=self._ssl,

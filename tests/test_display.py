@@ -125,25 +125,32 @@ def test_sweep_shows_counts_bar_and_failures(make_session, formatter):
 
 
 def test_failures_table_has_short_ids_a_cap_and_fills_rows_never_sent(make_session, formatter):
-    """Rows that failed before they were sent carry no tags: their row and parameters come from
-    the sweep's plan. Ids are short (the full id is the tooltip) and not repeated in the message;
-    beyond the cap, "+N more"."""
+    """Rows that failed before they were sent carry no tags (and, never sent, no prompt id): their
+    row and parameters come from the sweep's plan. Ids are short (the full id is the tooltip) and
+    not repeated in the message; beyond the cap, "+N more"."""
     session = make_session(node_time=0.3)
     sweep = session.sweep(txt2img(), grid={"KSampler.seed": range(14)}, concurrency=1, tag="unsent")
-    sweep.jobs[0].result(WAIT)
-    # what a sweep does when sending its rows fails: every row not sent ends with that error
-    _loop.get_loop().call_soon_threadsafe(sweep._end_held, ComfyError("sending the rows failed"))
-    sweep.result(WAIT)
+
+    def failing(params):  # what a sweep does when building or sending a row fails
+        raise ComfyError("sending the rows failed")
+
+    sweep._prompt = failing  # every row from the next one on
+    with pytest.raises(ComfyError, match="sending the rows failed"):
+        sweep.result(WAIT)
     html, _ = shown(formatter, sweep)
     table = html[html.index("comfynb-failures") : html.index("comfynb-frame")]
     rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
     failed = sweep.counts()["error"]
     assert failed >= 12 and len(rows) == 10 and f"+{failed - 10} more" in table  # 10 listed
+    ids = {i: job.prompt_id for i, job in enumerate(sweep.jobs)}
     for row in rows:
         index = int(re.search(r"<td[^>]*>(\d+)</td>", row).group(1))
         assert f"KSampler.seed={index}" in row  # parameters filled for a row never sent
-        pid = sweep.jobs[index].prompt_id
-        assert f">{pid[:8]}</code>" in row and row.count(pid) == 1  # the full id only as the tooltip
+        if index in ids and sweep.jobs[index].status == "error":  # it has a job: a short id, once
+            pid = ids[index]
+            assert f">{pid[:8]}</code>" in row and row.count(pid) == 1  # the full id only as the tooltip
+        else:
+            assert "not sent" in row
 
 
 def test_results_frame_accessor_is_compact_with_thumbnails(make_session):

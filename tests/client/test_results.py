@@ -4,6 +4,7 @@ import asyncio
 import copy
 import io
 import json
+import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,8 +119,7 @@ def test_images_from_every_output_node_in_node_order():
             },
             "15.0.0.3": {"images": [{"filename": "d.png", "subfolder": "", "type": "output"}]},
             "15": {"text": ["hello"], "audio": [{"filename": "x.flac", "subfolder": "", "type": "output"}]},
-            "2": {"images": [{"no": "filename"}, "junk", {"filename": 5}], "animated": [True]},
-            "3": "not a dict",
+            "2": {"images": [], "animated": [True]},
         }
     }
     r = Result.from_history("p", entry, server=SERVER, fetcher=None)
@@ -141,13 +141,21 @@ def test_images_from_every_output_node_in_node_order():
 
 def test_odd_entries():
     assert Result.from_history("p", {}, server=SERVER, fetcher=None).images == []
-    junk = {
-        "outputs": [],
-        "status": {"messages": [["execution_start"], "x", ["execution_start", {"timestamp": "soon"}]]},
-        "prompt": [1, "p", {}, "not extra"],
-    }
-    r = Result.from_history("p", junk, server=SERVER, fetcher=None)
+    r = Result.from_history("p", {"outputs": None, "status": None, "prompt": None}, server=SERVER, fetcher=None)
     assert r.outputs == {} and r.started_at is None and r.queued_at is None
+    # a wrong type anywhere comfynb reads is a ProtocolError naming the field, never skipped silently
+    junk = {
+        "outputs": ([], "outputs"),
+        "status": ({"messages": [["execution_start"]]}, "status.messages[0]"),
+        "prompt": ([1, "p", {}, "not extra"], "prompt[3]"),
+    }
+    for key, (value, field) in junk.items():
+        with pytest.raises(ProtocolError, match=re.escape(f"'{field}'")):
+            Result.from_history("p", {key: value}, server=SERVER, fetcher=None)
+    items = {"2": {"images": [{"no": "filename"}]}, "3": "not a dict", "4": {"gifs": [{"filename": 5}]}}
+    for node, output in items.items():
+        with pytest.raises(ProtocolError, match=f"'outputs.{node}"):
+            Result.from_history("p", {"outputs": {node: output}}, server=SERVER, fetcher=None)
     with pytest.raises(ProtocolError):
         Result.from_history("p", [], server=SERVER, fetcher=None)
 
