@@ -10,7 +10,7 @@ import pytest
 from IPython.core.formatters import DisplayFormatter
 from notebook_helpers import WAIT, make_session, txt2img  # noqa: F401 (fixture)
 
-from comfynb import ComfyError, ExecutionError, NodeError, ServerUnavailable, ValidationError, _loop
+from comfynb import ComfyError, ExecutionError, NodeError, ServerUnavailable, ValidationError
 from comfynb.display import register
 from comfynb.sim.library import load_workflow
 
