@@ -249,7 +249,12 @@ from comfynb.results import ImageRef
 url, folder = sys.argv[1], Path(sys.argv[2])
 out = {}
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KB)
+    # this process's own high-water mark: ru_maxrss would also count the parent that spawned us
+    # (Linux carries the pre-exec peak over exec), VmHWM belongs to this address space alone
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB -> MB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: MB (Linux: KB)
 
 def attempt(name, fn):
     try:

@@ -112,7 +112,7 @@ def test_cancelling_an_await_cancels_the_work():
             raise
 
     async def main():
-        task = asyncio.ensure_future(_loop.wrap(_loop.submit(slow())))
+        task = asyncio.ensure_future(_loop.wrap(_loop.submit(slow()), cancel=True))  # the caller's own call
         await asyncio.to_thread(started.wait, 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
