@@ -1,0 +1,151 @@
+"""What a simulated server really executed, kept across its restarts: the ground truth for
+"did this prompt run once?".
+
+A real ComfyUI forgets its queue and history when it restarts, so a client (and a test) cannot
+ask it afterwards what ran. The :class:`Ledger` lives on the :class:`~comfynb.sim.Simulator`,
+not on its per-lifetime engine, and records every execution (which lifetime, when, how it
+ended, and when the server first let a client know the outcome), plus every outage (restart,
+partition, kill). Output files carry the same evidence on disk: every image the simulator saves
+names its prompt and execution in the ``comfynb_run`` PNG chunk (:func:`output_runs`), so even a
+process that never held the simulator object can count executions from the files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+RUN_CHUNK = "comfynb_run"
+"""PNG text chunk naming the execution that saved the file: ``{"prompt_id": ..., "run": ...}``."""
+
+MAX_RUNS = 100_000  # executions remembered: a long-running simulator must not grow without bound
+
+
+@dataclass
+class Run:
+    """One execution of one prompt on one lifetime of a server (times are ``time.monotonic()``)."""
+
+    prompt_id: str
+    run_id: str
+    client_id: str | None
+    lifetime: int
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = None  # success, error, interrupted; None: cut short by a restart or kill
+    told_at: float | None = None  # first time the outcome reached a client (its socket, or HTTP)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outage:
+    """A restart, partition or kill: unreachable from ``start`` to ``end`` (None: not back yet)."""
+
+    kind: str
+    start: float
+    end: float | None
+    lifetime: int  # the lifetime that was running when it began
+    abandoned: list[str] = field(default_factory=list)  # prompts a restart or kill dropped (running first)
+
+
+class Ledger:
+    """Executions and outages of one simulator, across its restarts (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.runs: deque[Run] = deque(maxlen=MAX_RUNS)
+        self.outages: list[Outage] = []
+        self.lifetime = 0
+        self._latest: dict[str, Run] = {}  # prompt_id -> its latest run, for told()
+
+    def start(self, prompt_id: str, run_id: str, client_id: str | None) -> Run:
+        run = Run(prompt_id, run_id, client_id, self.lifetime, time.monotonic())
+        if len(self.runs) == self.runs.maxlen:
+            oldest = self.runs[0]
+            if self._latest.get(oldest.prompt_id) is oldest:
+                del self._latest[oldest.prompt_id]
+        self.runs.append(run)
+        self._latest[prompt_id] = run
+        return run
+
+    def end(self, run: Run, outcome: str) -> None:
+        run.ended_at, run.outcome = time.monotonic(), outcome
+
+    def told(self, prompt_id: str) -> None:
+        """A client just learned how the prompt's latest run ended (a no-op while it still runs)."""
+        run = self._latest.get(prompt_id)
+        if run is not None and run.outcome is not None and run.told_at is None and run.lifetime == self.lifetime:
+            run.told_at = time.monotonic()
+
+    def down(self, kind: str, abandoned: list[str]) -> Outage:
+        outage = Outage(kind, time.monotonic(), None, self.lifetime, abandoned)
+        self.outages.append(outage)
+        if kind != "partition":
+            self.lifetime += 1
+        return outage
+
+    # -- questions a test asks -------------------------------------------------------------------
+
+    def executions(self, prompt_id: str | None = None, outcome: str | None = "success") -> Counter[str] | int:
+        """How often each prompt ran to ``outcome`` (None: started at all), or one prompt's count."""
+        counts = Counter(r.prompt_id for r in self.runs if outcome is None or r.outcome == outcome)
+        return counts if prompt_id is None else counts[prompt_id]
+
+    def runs_of(self, prompt_id: str) -> list[Run]:
+        return [r for r in self.runs if r.prompt_id == prompt_id]
+
+    def forgotten_untold(self, run: Run) -> bool:
+        """Whether the run ended but its server lost it (restart or kill) before any client was told:
+        nobody could know it had run, so running it again cannot be blamed on a client."""
+        return run.outcome is not None and run.told_at is None and run.lifetime < self.lifetime
+
+    def cut_off_during(self, run: Run) -> bool:
+        """Whether the run overlapped a partition of its server (it ran where no client could see)."""
+        end = run.ended_at if run.ended_at is not None else float("inf")
+        return any(
+            o.kind == "partition" and run.started_at < (o.end if o.end is not None else float("inf")) and end > o.start
+            for o in self.outages
+        )
+
+    def as_dict(self) -> dict:
+        """Plain data (for a process that hosts simulators for another)."""
+        return {
+            "lifetime": self.lifetime,
+            "runs": [vars(r) for r in self.runs],
+            "outages": [vars(o) for o in self.outages],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Ledger:
+        ledger = cls()
+        ledger.lifetime = data["lifetime"]
+        for item in data["runs"]:
+            run = Run(**item)
+            ledger.runs.append(run)
+            ledger._latest[run.prompt_id] = run
+        ledger.outages = [Outage(**item) for item in data["outages"]]
+        return ledger
+
+
+def output_runs(*roots: str | os.PathLike) -> dict[str, set[tuple[str, str]]]:
+    """Executions named by the images saved under simulator roots: prompt_id -> {(root, run_id)}.
+
+    Output files survive restarts (history does not), so two run ids for one prompt_id mean it
+    executed twice, whichever server or lifetime ran it. Files without the chunk are skipped.
+    """
+    found: dict[str, set[tuple[str, str]]] = {}
+    for root in roots:
+        for path in sorted(Path(root, "output").rglob("*.png")):
+            try:
+                with Image.open(path) as img:
+                    raw = getattr(img, "text", {}).get(RUN_CHUNK)
+            except OSError:
+                continue  # being written right now, or not an image
+            if raw:
+                mark = json.loads(raw)
+                found.setdefault(mark["prompt_id"], set()).add((str(root), mark["run"]))
+    return found
