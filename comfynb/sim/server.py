@@ -140,7 +140,8 @@ class _Routes:
     async def fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         faults = self.sim.faults
         delay = faults.slow(request.path)
-        if delay > 0:
+        if delay > 0:  # received in full, then handled late: even if the client gave up meanwhile
+            await request.read()
             await asyncio.sleep(delay)
         if faults.http_error(request.path):
             return _fault_answer(faults.http_error_status)
