@@ -80,3 +80,26 @@ def double_runs(prompt_ids: Iterable[str], roots: list[str], ledgers: list[Ledge
 
 def summary(kinds: Mapping[str, str]) -> Counter:
     return Counter(kinds.values())
+
+
+def explain(doubles: Mapping[str, str], ledgers: list[Ledger], names: list[str], t0: float = 0.0) -> list[str]:
+    """Lines telling how each double run happened: every execution of the prompt (server, lifetime,
+    start .. end relative to ``t0``, outcome, when a client was told), then the servers' outages."""
+    lines = []
+    for pid, kind in doubles.items():
+        lines.append(f"    ran twice ({kind}): {pid}")
+        for name, ledger in zip(names, ledgers):
+            for run in ledger.runs_of(pid):
+                told = "never told" if run.told_at is None else f"told {run.told_at - t0:+.3f}"
+                end = "-" if run.ended_at is None else f"{run.ended_at - t0:+.3f}"
+                lines.append(
+                    f"      {name} lifetime {run.lifetime}: {run.started_at - t0:+.3f} .. {end} s, {run.outcome}, {told}"
+                )
+    if doubles:
+        for name, ledger in zip(names, ledgers):
+            for o in ledger.outages:
+                end = "-" if o.end is None else f"{o.end - t0:+.3f}"
+                lines.append(
+                    f"      {name} {o.kind} {o.start - t0:+.3f} .. {end} s, dropped {len(o.abandoned)} prompt(s)"
+                )
+    return lines

@@ -161,26 +161,12 @@ def _run(session, scenario: str, rng: random.Random, prompts: int, out: Outcome,
 
 
 def _explain(doubles: dict, sims: list, victim, jobs: list) -> list[str]:
-    """Each double run's executions, from the ledgers, timed from the victim's first outage."""
-    lines = []
+    """Each double run's executions and submissions, timed from the victim's first outage."""
     t0 = min((o.start for o in victim.ledger.outages), default=0.0)
+    names = [f"server {i}{' (victim)' if sim is victim else ''}" for i, sim in enumerate(sims)]
     attempts = {job.prompt_id: job.attempts for job in jobs}
-    for pid, kind in doubles.items():
-        lines.append(f"    ran twice ({kind}): {pid}, {attempts.get(pid)} submission(s)")
-        for i, sim in enumerate(sims):
-            for run in sim.ledger.runs_of(pid):
-                told = "never told" if run.told_at is None else f"told {run.told_at - t0:+.3f}"
-                end = "-" if run.ended_at is None else f"{run.ended_at - t0:+.3f}"
-                who = " (victim)" if sim is victim else ""
-                lines.append(
-                    f"      server {i}{who} lifetime {run.lifetime}: {run.started_at - t0:+.3f} .. {end} s, "
-                    f"{run.outcome}, {told}"
-                )
-    if doubles:
-        for o in victim.ledger.outages:
-            end = "-" if o.end is None else f"{o.end - t0:+.3f}"
-            lines.append(f"      victim {o.kind} {o.start - t0:+.3f} .. {end} s, dropped {len(o.abandoned)} prompt(s)")
-    return lines
+    lines = [f"    submissions: {attempts[pid]} for {pid}" for pid in doubles]
+    return lines + audit.explain(doubles, [sim.ledger for sim in sims], names, t0)
 
 
 def _state(session, url: str) -> str:
