@@ -163,3 +163,15 @@ def test_partition_keeps_running_and_marks_runs_that_happened_while_cut_off():
         assert cut.outcome == "success" and sim.ledger.cut_off_during(cut)
         copy = Ledger.from_dict(sim.ledger.as_dict())  # as a host process would hand it over
         assert copy.cut_off_during(copy.runs_of(pid)[0]) and copy.executions(pid) == 1
+
+
+async def test_a_held_request_is_still_handled_after_the_client_gave_up(http):
+    async with Simulator(faults={"slow_next": {"/prompt": 0.3}}) as sim:
+        a = await connect(http, sim.url)
+        body = {"prompt": tiny(7), "client_id": a.client_id, "prompt_id": "late"}
+        with pytest.raises(TimeoutError):
+            async with http.post(f"{sim.url}/prompt", json=body, timeout=aiohttp.ClientTimeout(total=0.1)):
+                pass
+        assert sim.ledger.runs_of("late") == []  # not handled yet when we gave up...
+        await a.wait_done("late")  # ...but it was, later, as a busy server would
+        assert sim.ledger.executions("late") == 1
