@@ -57,18 +57,19 @@ def misattributed(jobs: Iterable, expected: Mapping[str, Mapping], roots: Mappin
 
 
 def double_runs(prompt_ids: Iterable[str], roots: list[str], ledgers: list[Ledger]) -> dict[str, str]:
-    """Prompts (of ``prompt_ids``) whose output was saved by more than one execution, counted from
-    the files under ``roots``, each classified with the servers' ledgers (same order):
-    AVOIDABLE, UNFORESEEABLE or PARTITION (see the constants)."""
+    """Prompts (of ``prompt_ids``) that ran to success more than once: their output was saved by
+    two executions (files under ``roots``), or a server's ledger (same order) has two successful
+    runs (a rerun on the same server lifetime is served from its cache and saves no new file).
+    Each is classified: AVOIDABLE, UNFORESEEABLE or PARTITION (see the constants)."""
     saved = output_runs(*roots)
     found = {}
     for pid in prompt_ids:
-        if len(saved.get(pid, ())) < 2:
-            continue
         runs = sorted(
             ((ledger, run) for ledger in ledgers for run in ledger.runs_of(pid) if run.outcome == "success"),
             key=lambda pair: pair[1].started_at,
         )
+        if len(saved.get(pid, ())) < 2 and len(runs) < 2:
+            continue
         if any(ledger.cut_off_during(run) for ledger, run in runs):
             found[pid] = PARTITION
         elif runs and all(ledger.forgotten_untold(run) for ledger, run in runs[:-1]):

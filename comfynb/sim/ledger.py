@@ -60,24 +60,30 @@ class Ledger:
         self.runs: deque[Run] = deque(maxlen=MAX_RUNS)
         self.outages: list[Outage] = []
         self.lifetime = 0
-        self._latest: dict[str, Run] = {}  # prompt_id -> its latest run, for told()
+        self._by_prompt: dict[str, list[Run]] = {}  # prompt_id -> its runs, oldest first
 
     def start(self, prompt_id: str, run_id: str, client_id: str | None) -> Run:
         run = Run(prompt_id, run_id, client_id, self.lifetime, time.monotonic())
-        if len(self.runs) == self.runs.maxlen:
-            oldest = self.runs[0]
-            if self._latest.get(oldest.prompt_id) is oldest:
-                del self._latest[oldest.prompt_id]
-        self.runs.append(run)
-        self._latest[prompt_id] = run
+        self._add(run)
         return run
+
+    def _add(self, run: Run) -> None:
+        if len(self.runs) == self.runs.maxlen:  # the oldest is about to go: unindex it
+            oldest = self.runs[0]
+            mine = self._by_prompt[oldest.prompt_id]
+            mine.remove(oldest)
+            if not mine:
+                del self._by_prompt[oldest.prompt_id]
+        self.runs.append(run)
+        self._by_prompt.setdefault(run.prompt_id, []).append(run)
 
     def end(self, run: Run, outcome: str) -> None:
         run.ended_at, run.outcome = time.monotonic(), outcome
 
     def told(self, prompt_id: str) -> None:
         """A client just learned how the prompt's latest run ended (a no-op while it still runs)."""
-        run = self._latest.get(prompt_id)
+        mine = self._by_prompt.get(prompt_id)
+        run = mine[-1] if mine else None
         if run is not None and run.outcome is not None and run.told_at is None and run.lifetime == self.lifetime:
             run.told_at = time.monotonic()
 
@@ -96,7 +102,7 @@ class Ledger:
         return counts if prompt_id is None else counts[prompt_id]
 
     def runs_of(self, prompt_id: str) -> list[Run]:
-        return [r for r in self.runs if r.prompt_id == prompt_id]
+        return list(self._by_prompt.get(prompt_id, ()))
 
     def forgotten_untold(self, run: Run) -> bool:
         """Whether the run ended but its server lost it (restart or kill) before any client was told:
@@ -124,9 +130,7 @@ class Ledger:
         ledger = cls()
         ledger.lifetime = data["lifetime"]
         for item in data["runs"]:
-            run = Run(**item)
-            ledger.runs.append(run)
-            ledger._latest[run.prompt_id] = run
+            ledger._add(Run(**item))
         ledger.outages = [Outage(**item) for item in data["outages"]]
         return ledger
 

@@ -2,6 +2,7 @@
 that the exactly-once and recovery benchmarks rely on, observed from a plain aiohttp client."""
 
 import asyncio
+import collections
 import time
 
 import aiohttp
@@ -175,3 +176,14 @@ async def test_a_held_request_is_still_handled_after_the_client_gave_up(http):
         assert sim.ledger.runs_of("late") == []  # not handled yet when we gave up...
         await a.wait_done("late")  # ...but it was, later, as a busy server would
         assert sim.ledger.executions("late") == 1
+
+
+def test_the_ledger_forgets_its_oldest_runs_past_its_bound():
+    ledger = Ledger()
+    ledger.runs = collections.deque(maxlen=2)  # MAX_RUNS in miniature
+    first = ledger.start("a", "r1", None)
+    ledger.start("b", "r2", None)
+    ledger.start("a", "r3", None)
+    assert [r.run_id for r in ledger.runs] == ["r2", "r3"] and first not in ledger.runs_of("a")
+    ledger.start("c", "r4", None)
+    assert ledger.runs_of("b") == [] and [r.run_id for r in ledger.runs_of("a")] == ["r3"]
