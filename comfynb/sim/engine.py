@@ -162,6 +162,7 @@ class Engine:
         item = (number, prompt_id, prompt, extra_data, outputs, sensitive)
         heapq.heappush(self.pending, (number, prompt_id, next(self._seq), item))
         self.hub.faults.accepted(prompt_id)
+        self.ledger.queued(prompt_id)
         self._wake.set()
         self.broadcast_status()
         return 200, {"prompt_id": prompt_id, "number": number, "node_errors": node_errors}
@@ -173,12 +174,15 @@ class Engine:
                     if len(self.pending) == 1:
                         self.clear_queue()
                     else:
+                        self.ledger.dequeued(prompt_id)
                         self.pending.pop(i)
                         heapq.heapify(self.pending)
                     self.broadcast_status()
                     break
 
     def clear_queue(self) -> None:
+        for entry in self.pending:
+            self.ledger.dequeued(entry[1])
         self.pending = []
         self.broadcast_status()
 

@@ -36,6 +36,7 @@ class Run:
     client_id: str | None
     lifetime: int
     started_at: float
+    queued_at: float | None = None  # when the server accepted the POST that this run executes
     ended_at: float | None = None
     outcome: str | None = None  # success, error, interrupted; None: cut short by a restart or kill
     told_at: float | None = None  # first time the outcome reached a client (its socket, or HTTP)
@@ -61,9 +62,23 @@ class Ledger:
         self.outages: list[Outage] = []
         self.lifetime = 0
         self._by_prompt: dict[str, list[Run]] = {}  # prompt_id -> its runs, oldest first
+        self._queued: dict[str, list[float]] = {}  # prompt_id -> accepted at, for copies not started yet
+
+    def queued(self, prompt_id: str) -> None:
+        """The server accepted a POST of this prompt (a copy is in its queue now)."""
+        self._queued.setdefault(prompt_id, []).append(time.monotonic())
+
+    def dequeued(self, prompt_id: str) -> float | None:
+        """A copy left the queue (to run, or deleted): when it had been accepted."""
+        waiting = self._queued.get(prompt_id)
+        queued_at = waiting.pop(0) if waiting else None
+        if waiting == []:
+            del self._queued[prompt_id]
+        return queued_at
 
     def start(self, prompt_id: str, run_id: str, client_id: str | None) -> Run:
-        run = Run(prompt_id, run_id, client_id, self.lifetime, time.monotonic())
+        queued_at = self.dequeued(prompt_id)
+        run = Run(prompt_id, run_id, client_id, self.lifetime, time.monotonic(), queued_at)
         self._add(run)
         return run
 
@@ -92,6 +107,7 @@ class Ledger:
         self.outages.append(outage)
         if kind != "partition":
             self.lifetime += 1
+            self._queued.clear()  # its queue is gone
         return outage
 
     # -- questions a test asks -------------------------------------------------------------------
@@ -110,12 +126,19 @@ class Ledger:
         return run.outcome is not None and run.told_at is None and run.lifetime < self.lifetime
 
     def cut_off_during(self, run: Run) -> bool:
-        """Whether the run overlapped a partition of its server (it ran where no client could see)."""
+        """Whether a partition of its server hid this run from clients: it was queued or running
+        while the server was cut off, or it had ended but no client had been told yet when the cut
+        began. Where no client can see, a client cannot prevent a second run."""
+        begin = run.queued_at if run.queued_at is not None else run.started_at
         end = run.ended_at if run.ended_at is not None else float("inf")
-        return any(
-            o.kind == "partition" and run.started_at < (o.end if o.end is not None else float("inf")) and end > o.start
-            for o in self.outages
-        )
+        for o in self.outages:
+            if o.kind != "partition":
+                continue
+            if begin < (o.end if o.end is not None else float("inf")) and end > o.start:
+                return True
+            if end <= o.start and (run.told_at is None or run.told_at > o.start):
+                return True
+        return False
 
     def as_dict(self) -> dict:
         """Plain data (for a process that hosts simulators for another)."""

@@ -187,3 +187,27 @@ def test_the_ledger_forgets_its_oldest_runs_past_its_bound():
     assert [r.run_id for r in ledger.runs] == ["r2", "r3"] and first not in ledger.runs_of("a")
     ledger.start("c", "r4", None)
     assert ledger.runs_of("b") == [] and [r.run_id for r in ledger.runs_of("a")] == ["r3"]
+
+
+def test_a_copy_queued_while_cut_off_counts_as_hidden_by_the_partition():
+    """A prompt waiting in the queue of a cut-off server runs there when its turn comes, whether
+    or not a client moved it meanwhile: that run is one a partition hid."""
+    with Simulator(node_times={"KSampler": 0.4}).running() as sim:
+
+        async def submit() -> None:
+            async with aiohttp.ClientSession() as http:
+                a = await connect(http, sim.url)
+                await post(http, sim.url, ksampler(5), a.client_id)
+                await post(http, sim.url, ksampler(6), a.client_id, prompt_id="gone")
+                await post(http, sim.url, ksampler(7), a.client_id, prompt_id="waits")
+                async with http.post(f"{sim.url}/queue", json={"delete": ["gone"]}):
+                    pass
+
+        asyncio.run(submit())
+        sim.partition(0.1)  # over while the first still runs: "waits" starts only after it
+        while sim.ledger.executions("waits") == 0:
+            time.sleep(0.01)
+        (waited,) = sim.ledger.runs_of("waits")
+        assert waited.started_at > sim.ledger.outages[0].end  # it ran after the cut, yet...
+        assert waited.queued_at < sim.ledger.outages[0].start and sim.ledger.cut_off_during(waited)
+        assert sim.ledger.runs_of("gone") == [] and sim.ledger._queued == {}  # the deleted copy left no trace
