@@ -257,6 +257,9 @@ def print_report(report: Report) -> bool:
     print("\n".join(report.details[:40]))
     print(f"client RSS: start {mib[0][1]:.0f} MiB, peak {peak:.0f} MiB, end {mib[-1][1]:.0f} MiB")
     print("  by prompts ended: " + ", ".join(f"{ended}: {value:.0f}" for ended, value in mib))
+    if len(mib) > 2 and mib[-1][0] > mib[1][0]:  # from the first mark on: past start-up
+        slope = (mib[-1][1] - mib[1][1]) / (mib[-1][0] - mib[1][0]) * 1000
+        print(f"  growth {slope:.1f} MiB per 1000 prompts (the session keeps every job it ran, with its result)")
     print("faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(report.injected.items())))
     ok = (
         not report.unended
