@@ -169,6 +169,7 @@ class Report:
     seconds: float = 0.0
     injected: collections.Counter = field(default_factory=collections.Counter)
     details: list = field(default_factory=list)  # how each double run happened
+    resent: int = 0  # jobs submitted more than once (moved, or sent again after a restart)
 
     @property
     def kinds(self) -> collections.Counter:
@@ -228,6 +229,7 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
     report.jobs = len(jobs)
     report.unended = sum(not job.done() for job in jobs)
     report.statuses = collections.Counter(job.status for job in jobs)
+    report.resent = sum(job.attempts > 1 for job in jobs)
     roots = dict(zip(host.urls, host.roots))
     report.misattributed = audit.misattributed(jobs, expected, roots)
     ledgers = host.ledgers()
@@ -246,7 +248,10 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
 def print_report(report: Report) -> bool:
     mib = [(ended, value / 2**20) for ended, value in report.rss]
     peak = max(value for _, value in mib)
-    print(f"jobs {report.jobs} in {report.seconds:.0f} s, statuses {dict(report.statuses)}, not ended {report.unended}")
+    print(
+        f"jobs {report.jobs} in {report.seconds:.0f} s, statuses {dict(report.statuses)}, not ended {report.unended}, "
+        f"submitted more than once {report.resent}"
+    )
     print(f"journal states {dict(report.journal)}")
     print(f"misattributed {len(report.misattributed)} {report.misattributed[:3]}")
     kinds = report.kinds
