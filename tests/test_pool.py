@@ -268,20 +268,28 @@ def test_server_killed_mid_sweep_jobs_finish_elsewhere_and_it_rejoins(start, con
     victim = sims[1]
     session = connect(urls)
     sweep = session.sweep(txt2img(0), grid={"KSampler.seed": range(30)}, tag="killed")
-    wait_until(lambda: any(j.status == "running" and j.server == victim.url for j in sweep.jobs))
-    there = [j for j in sweep.jobs if j.server == victim.url and not j.done()]
+    wait_until(lambda: any(j.done() and j.server == victim.url for j in sweep.jobs))
+    # from now on the victim's prompts run for 5 s: the one it starts next is surely unfinished
+    # when the restart lands (while the one before may still be being collected)
+    victim.settings.node_times["KSampler"] = 5.0
+    slow_from = time.monotonic()
+    wait_until(lambda: any(r.started_at > slow_from and r.ended_at is None for r in victim.ledger.runs))
     killer = in_background(victim.restart, 2.0)  # refuses connections, then comes back empty
+    wait_until(lambda: len(victim.ledger.outages) == 1)  # the restart has landed
+    victim.settings.node_times["KSampler"] = 0.05  # as fast as the others once it is back
+    there = [j for j in sweep.jobs if j.prompt_id in victim.ledger.outages[0].abandoned]  # what it wiped
+    assert there
     wait_until(lambda: state_of(session, victim.url) == "down")
 
     frame = sweep.result(WAIT)
     assert set(frame.status) == {"success"}  # none lost
-    for job in sweep.jobs:
-        assert seed_of(job) == job.tags["params"]["KSampler.seed"]
     moved = [j for j in there if j.server != victim.url]
     assert moved and all(j.attempts == 2 for j in moved)
 
     killer.join()
     wait_until(lambda: state_of(session, victim.url) == "up")  # probed, and back in the pool
+    for job in sweep.jobs:  # (images of jobs that ended on the victim are served again now)
+        assert seed_of(job) == job.tags["params"]["KSampler.seed"]
     later = [session.submit(txt2img(seed)) for seed in range(100, 112)]
     for job in later:
         job.result(WAIT)

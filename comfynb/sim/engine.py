@@ -27,6 +27,7 @@ from PIL import ImageOps
 
 from .files import Files
 from .hub import Hub
+from .ledger import Ledger
 from .nodes import Interrupted, NodeClass
 from .schedule import DependencyCycleError, ExecutionList, is_link
 from .validation import validate_prompt
@@ -80,7 +81,10 @@ class _Stop(Exception):
 class Engine:
     """Queue, history, cache and worker of one simulated server lifetime."""
 
-    def __init__(self, nodes: dict[str, NodeClass], hub: Hub, files: Files, settings: Settings):
+    def __init__(
+        self, nodes: dict[str, NodeClass], hub: Hub, files: Files, settings: Settings, ledger: Ledger | None = None
+    ):
+        self.ledger = ledger if ledger is not None else Ledger()
         self.nodes = nodes
         self.hub = hub
         self.files = files
@@ -157,6 +161,8 @@ class Engine:
         extra_data["create_time"] = now_ms()
         item = (number, prompt_id, prompt, extra_data, outputs, sensitive)
         heapq.heappush(self.pending, (number, prompt_id, next(self._seq), item))
+        self.hub.faults.accepted(prompt_id)
+        self.ledger.queued(prompt_id)
         self._wake.set()
         self.broadcast_status()
         return 200, {"prompt_id": prompt_id, "number": number, "node_errors": node_errors}
@@ -168,12 +174,15 @@ class Engine:
                     if len(self.pending) == 1:
                         self.clear_queue()
                     else:
+                        self.ledger.dequeued(prompt_id)
                         self.pending.pop(i)
                         heapq.heapify(self.pending)
                     self.broadcast_status()
                     break
 
     def clear_queue(self) -> None:
+        for entry in self.pending:
+            self.ledger.dequeued(entry[1])
         self.pending = []
         self.broadcast_status()
 
@@ -239,12 +248,20 @@ class Engine:
             self.running = item
             self.broadcast_status()
             self.run = run = _Run(self, item)
+            record = self.ledger.start(run.prompt_id, run.run_id, run.client_id)
             try:
                 await run.execute()
             except Exception:  # a simulator bug must not stop the queue
                 log.exception("simulator failed while executing prompt %s", run.prompt_id)
                 run.success = False
             self.run = None
+            record.files = [
+                item["filename"]
+                for ui in run.outputs.values()
+                for item in ui.get("images", ())
+                if isinstance(item, dict)
+            ]
+            self.ledger.end(record, "success" if run.success else run.failure)
             self._record(run)
             self.running = None
             self.broadcast_status()
@@ -301,6 +318,8 @@ class _Run:
         self.meta: dict[str, dict] = {}
         self.executed: list[str] = []
         self.success = True
+        self.failure = "error"  # or "interrupted": how it ended when not a success
+        self.run_id = uuid.uuid4().hex  # names this execution in the files it saves (ledger.RUN_CHUNK)
         self.current_node: str | None = None
         self.sigs: dict[str, Any] = {}
         self._staged: tuple | None = None
@@ -477,6 +496,7 @@ class _Run:
         return out
 
     def _interrupted(self, nid: str) -> None:
+        self.failure = "interrupted"
         self.message(
             "execution_interrupted",
             {
@@ -519,12 +539,14 @@ class Context:
         "output_dir",
         "prompt",
         "prompt_id",
+        "run_id",
         "temp_dir",
     )
 
     def __init__(self, run: _Run, node_id: str, class_type: str):
         self._run = run
         self.prompt_id = run.prompt_id
+        self.run_id = run.run_id
         self.node_id = node_id
         self.class_type = class_type
         self.extra_data = run.extra_data

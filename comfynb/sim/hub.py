@@ -14,13 +14,16 @@ import asyncio
 import json
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from .faults import Faults
+from .ledger import Ledger
 
 _CLOSE = object()  # writer sentinel: close the connection after what is queued
+_OUTCOMES = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 SERVER_FEATURES = {
     "supports_preview_metadata": True,
@@ -67,11 +70,12 @@ class Conn:
     def wants_metadata(self) -> bool:
         return bool(self.flags.get("supports_preview_metadata"))
 
-    def push(self, payload: str | bytes) -> None:
-        """Queue one frame, applying the per-socket faults (stall, close after K messages)."""
+    def push(self, payload: str | bytes, on_sent: Callable[[], None] | None = None) -> None:
+        """Queue one frame, applying the per-socket faults (stall, close after K messages);
+        ``on_sent`` is called once the frame has been written to the socket."""
         if self.stalled or self.closing:
             return
-        self._out.append(payload)
+        self._out.append(payload if on_sent is None else (payload, on_sent))
         self.sent += 1
         faults = self._faults
         if faults.close_after is not None and self.sent >= faults.close_after:
@@ -105,10 +109,15 @@ class Conn:
                     if item is _CLOSE:
                         self._transport.close()
                         return
+                    on_sent = None
+                    if isinstance(item, tuple):
+                        item, on_sent = item
                     if isinstance(item, str):
                         await ws.send_str(item)
                     else:
                         await ws.send_bytes(item)
+                    if on_sent is not None:
+                        on_sent()
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the handler notices and unregisters
 
@@ -123,8 +132,9 @@ class Conn:
 class Hub:
     """The socket table and the delivery rules (broadcast, targeted, dropped)."""
 
-    def __init__(self, faults: Faults):
+    def __init__(self, faults: Faults, ledger: Ledger | None = None):
         self.faults = faults
+        self.ledger = ledger
         self.sockets: dict[str, Conn] = {}
         self.open: set[Conn] = set()  # every live connection, registered or muted
 
@@ -160,9 +170,18 @@ class Hub:
                     conn.push(frame)
             return
         conn = self.sockets.get(sid)
-        if conn is None or (self.faults.drop and self.faults.drop_message(kind or type_)):
+        faults, kind = self.faults, kind or type_
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if conn is None or ((faults.drop or faults.drop_for) and faults.drop_message(kind, prompt_id)):
             return
-        conn.push(text_frame(type_, data))
+        on_sent = None
+        if self.ledger is not None and prompt_id is not None and (kind == "executing_done" or type_ in _OUTCOMES):
+            ledger = self.ledger
+
+            def on_sent() -> None:
+                ledger.told(prompt_id)
+
+        conn.push(text_frame(type_, data), on_sent)
 
     def send_binary(self, event: int, payload: bytes, sid: str | None) -> None:
         frame = struct.pack(">I", event) + payload

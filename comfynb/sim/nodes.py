@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from PIL import Image, ImageFilter, ImageOps, ImageSequence
 
 from .images import SIM_CHUNK, ImageBatch, MaskBatch, image_size, preview_size, render, render_preview
+from .ledger import RUN_CHUNK
 
 MAX_RESOLUTION = 16384
 
@@ -326,6 +327,9 @@ def _png_text(ctx: ExecContext) -> dict[str, str]:
 
 def _save_batch(ctx: ExecContext, images: ImageBatch, prefix: str, kind: str) -> list[dict]:
     base = _png_text(ctx)
+    run_id = getattr(ctx, "run_id", None)
+    if run_id is not None:  # which execution saved it: counts executions across restarts (ledger.py)
+        base[RUN_CHUNK] = json.dumps({"prompt_id": ctx.prompt_id, "run": run_id})
     saved = []
     for n, (frame, params) in enumerate(zip(images.frames, images.params)):
         text = dict(base)

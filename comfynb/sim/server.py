@@ -16,6 +16,7 @@ import mimetypes
 import os
 import sys
 import uuid
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -39,6 +40,7 @@ class Simulator(Protocol):
     faults: Any
     files: Any
     nodes: Any
+    ledger: Any
 
     @property
     def checkpoints(self) -> list[str]: ...
@@ -77,6 +79,13 @@ MODEL_FOLDERS = [
 def server_error() -> web.Response:
     """aiohttp's own answer to an unhandled exception (what ComfyUI returns for bad input)."""
     return web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble")
+
+
+def _fault_answer(status: int) -> web.Response:
+    """An injected error: aiohttp's own 500, or a bare status page like a proxy's 502/503/504."""
+    if status == 500:
+        return server_error()
+    return web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}")
 
 
 def _ram() -> tuple[int, int]:
@@ -130,8 +139,12 @@ class _Routes:
     @web.middleware
     async def fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         faults = self.sim.faults
+        delay = faults.slow(request.path)
+        if delay > 0:  # received in full, then handled late: even if the client gave up meanwhile
+            await request.read()
+            await asyncio.sleep(delay)
         if faults.http_error(request.path):
-            return server_error()
+            return _fault_answer(faults.http_error_status)
         response = await handler(request)
         if isinstance(response, web.WebSocketResponse):
             return response
@@ -224,13 +237,17 @@ class _Routes:
         query = request.rel_url.query
         max_items = int(query["max_items"]) if "max_items" in query else None
         offset = int(query["offset"]) if "offset" in query else -1
-        return web.json_response(self.sim.engine.history_window(max_items, offset))
+        window = self.sim.engine.history_window(max_items, offset)
+        for prompt_id in window:
+            self.sim.ledger.told(prompt_id)
+        return web.json_response(window)
 
     async def get_history_item(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = self.sim.engine.history.get(prompt_id)
         if entry is None or self.sim.faults.hide_history(prompt_id):
             return web.json_response({})
+        self.sim.ledger.told(prompt_id)
         return web.json_response({prompt_id: entry})
 
     async def post_history(self, request: web.Request) -> web.Response:
@@ -255,6 +272,8 @@ class _Routes:
         job = jobs.get_job(request.match_info["job_id"], running, pending, engine.history)
         if job is None:
             return web.json_response({"error": "Job not found"}, status=404)
+        if job["status"] in ("completed", "failed"):
+            self.sim.ledger.told(job["id"])
         return web.json_response(job)
 
     # -- files ---------------------------------------------------------------------------------

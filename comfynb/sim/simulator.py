@@ -14,6 +14,7 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from .engine import Engine, Settings
 from .faults import Faults
 from .files import Files
 from .hub import Hub
+from .ledger import Ledger, Outage
 from .media import all_nodes
 from .nodes import NodeClass
 from .server import build_app
@@ -57,6 +59,8 @@ class Simulator:
         self.settings = Settings(node_time, step_time, dict(node_times or {}), preview_method, max_history)
         self.jobs_api = jobs_api
         self.faults = faults if isinstance(faults, Faults) else Faults(seed, **(faults or {}))
+        self.ledger = Ledger()  # what really ran, across restarts (ledger.py)
+        self.killed = False
         self._root_arg = root
         self._checkpoint_names = checkpoints
         self.root: Path | None = None
@@ -169,6 +173,11 @@ class Simulator:
 
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
+    def kill(self) -> None:
+        """The server process dies for good: like :meth:`restart`, but it never comes back
+        (connections refused until :meth:`stop`). Its files stay, and so does :attr:`ledger`."""
+        self._on_loop(self._kill)
+
     def drop_sockets(self) -> None:
         """Close every WebSocket (no close frame, as a network drop would)."""
 
@@ -184,8 +193,8 @@ class Simulator:
     # -- internals -----------------------------------------------------------------------------
 
     def _fresh_state(self) -> None:
-        self.hub = Hub(self.faults)
-        self.engine = Engine(self.nodes, self.hub, self.files, self.settings)
+        self.hub = Hub(self.faults, self.ledger)
+        self.engine = Engine(self.nodes, self.hub, self.files, self.settings, self.ledger)
         self.engine.start()
 
     async def _listen(self) -> None:
@@ -194,24 +203,52 @@ class Simulator:
         self.url = f"http://{self.host}:{self.port}"
 
     def _go_down(self, downtime: float, forget: bool = True) -> asyncio.Task:
-        self.faults.counts["restart" if forget else "partition"] += 1
-        self._listener.close()
-        self.hub.drop_all()
-        for connection in self._runner.server.connections:
-            connection.force_close()
+        if self.killed:
+            raise RuntimeError("the simulator was killed; it cannot come back")
+        kind = "restart" if forget else "partition"
+        self.faults.counts[kind] += 1
+        outage = self._cut(kind)
         if forget:
             self._retired.append(self.engine)
             self.engine.abandon()
             self._fresh_state()
         if self._coming_up is not None:
             self._coming_up.cancel()  # restarted again while down: the later one wins
-        self._coming_up = self._spawn(self._come_up(downtime))
+        self._coming_up = self._spawn(self._come_up(downtime, outage))
         return self._coming_up
 
-    async def _come_up(self, downtime: float) -> None:
+    def _kill(self) -> None:
+        if self.killed:
+            return
+        self.faults.counts["kill"] += 1
+        self._cut("kill")
+        self.killed = True
+        self.engine.abandon()
+        if self._coming_up is not None:
+            self._coming_up.cancel()
+
+    def _cut(self, kind: str) -> Outage:
+        """Refuse and drop every connection; record the outage (and, unless the server keeps
+        running, the prompts it drops: the running one first, then the queue in order)."""
+        engine = self.engine
+        abandoned = []
+        if kind != "partition":
+            running = [engine.running[1]] if engine.running is not None else []
+            abandoned = running + [entry[1] for entry in sorted(engine.pending)]
+        outage = self.ledger.down(kind, abandoned)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self.hub.drop_all()
+        for connection in self._runner.server.connections:
+            connection.force_close()
+        return outage
+
+    async def _come_up(self, downtime: float, outage: Outage) -> None:
         if downtime > 0:
             await asyncio.sleep(downtime)
         await self._listen()
+        outage.end = time.monotonic()
 
     async def _close_every(self) -> None:
         """The close_every fault: drop all sockets every N seconds while the knob is set."""
