@@ -141,9 +141,9 @@ def _run(session, scenario: str, rng: random.Random, prompts: int, out: Outcome,
     _wait(lambda: victim.killed or _state(session, victim.url) == "up", 30)
     _quiet(alive)
 
-    jobs = sweep.jobs
-    out.jobs = len(jobs)
-    out.unended = sum(not job.done() for job in jobs)
+    jobs = list(sweep.jobs)  # the rows sent (rows are sent lazily): the others count as not ended
+    out.jobs = len(sweep)
+    out.unended = sum(not job.done() for job in jobs) + len(sweep) - len(jobs)
     out.statuses = collections.Counter(job.status for job in jobs)
     out.moved = sum(job.attempts > 1 for job in jobs)
     roots = {sim.url: str(sim.root) for sim in sims}

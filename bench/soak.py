@@ -205,9 +205,6 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
         seeds = [base + first + i for i in range((size + 1) // 2)]
         sweep = session.sweep(workflow(), grid={"KSampler.seed": seeds, "KSampler.cfg": [4.0, 7.5]}, tag="soak")
         sweeps.append(sweep)
-        for i, job in enumerate(sweep.jobs):
-            row = sweep.plan.row(i)
-            expected[job.prompt_id] = {"seed": row["KSampler.seed"], "cfg": row["KSampler.cfg"]}
         try:
             for _ in sweep.as_completed(timeout=bound):
                 ended += 1
@@ -225,9 +222,13 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
     while time.monotonic() < deadline and not host.idle():  # late copies run now, or never
         time.sleep(0.1)
     time.sleep(0.5)
+    for sweep in sweeps:  # rows are sent lazily: each row's job exists once it was sent
+        for i, job in enumerate(sweep.jobs):
+            row = sweep.plan.row(i)
+            expected[job.prompt_id] = {"seed": row["KSampler.seed"], "cfg": row["KSampler.cfg"]}
     jobs = [job for sweep in sweeps for job in sweep.jobs]
-    report.jobs = len(jobs)
-    report.unended = sum(not job.done() for job in jobs)
+    report.jobs = sum(len(sweep) for sweep in sweeps)
+    report.unended = sum(not job.done() for job in jobs) + report.jobs - len(jobs)  # rows never sent too
     report.statuses = collections.Counter(job.status for job in jobs)
     report.resent = sum(job.attempts > 1 for job in jobs)
     roots = dict(zip(host.urls, host.roots))
