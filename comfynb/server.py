@@ -230,12 +230,18 @@ class Server:
     def _signed(self) -> None:
         self._sign = None
         signs, self._signs = self._signs, set()
+        look_up = []
         for state in signs:
             if state is None:  # the queue emptied: every job of ours there must have ended
-                missing = any(s.accepted and not s.completed and not s.posting for s in self.tracker.unfinished())
-            else:
-                missing = not state.completed and not state.done and self.holds(state)
-            if missing:
+                if any(s.accepted and not s.completed and not s.posting for s in self.tracker.unfinished()):
+                    self.request_reconcile()
+                    return
+            elif not state.completed and not state.done and self.holds(state):
+                look_up.append(state)
+        for state in look_up:
+            if self.transport.jobs_api:  # it tells running from unknown: ask about this one job alone
+                self.spawn(self.finalize(state), state)
+            else:  # /history alone cannot: place it through the queue first
                 self.request_reconcile()
                 return
 

@@ -23,7 +23,7 @@ class Settings:
     resubmit_lost: bool = True
     max_attempts: int = 3
     reconcile_after: float = 5.0
-    sign_delay: float = 0.05
+    sign_delay: float = 0.02
     down_after: float = 5.0
     failover_after: float = 30.0
     give_up_after: float | None = 300.0

@@ -45,7 +45,7 @@ _AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
 _BODY_LIMIT = 2000
 _KINDS = {"json": "an answer", "view": "an output file read into memory", "file": "an output file saved to disk"}
 _MAX_DELAY = 5.0
-_FIRST_RETRY = 0.02
+_FIRST_RETRY = 0.015
 
 
 @dataclass(frozen=True)
