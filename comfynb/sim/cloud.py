@@ -225,6 +225,9 @@ class CloudRoutes(_Routes):
         running, pending = self.sim.engine.queue_items()
         return web.json_response({"queue_running": running, "queue_pending": pending})
 
+    async def user(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "active"})
+
     async def not_here(self, request: web.Request) -> web.Response:
         return _error(404, "not_found", f"{request.path} is not a Comfy Cloud route")
 
@@ -376,6 +379,7 @@ def build_cloud_app(sim: Simulator) -> web.Application:
         ("GET", "/api/object_info/{node_class}", routes.object_info_one),
         ("GET", "/api/system_stats", routes.system_stats),
         ("GET", "/api/features", routes.features),
+        ("GET", "/api/user", routes.user),
         ("POST", "/api/free", routes.not_here),
         ("GET", "/api/history", routes.not_here),
         ("GET", "/api/history/{prompt_id}", routes.not_here),
