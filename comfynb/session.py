@@ -80,6 +80,12 @@ class Session:
     after a crash or a server restart. ``limits`` bounds the size of each kind of answer
     (:class:`comfynb.transport.Limits`), ``timeout`` the time and the minimum rate (:class:`Timeouts`).
     Construction does not block; ``with``/``async with`` wait until the servers answer.
+
+    Comfy Cloud (:mod:`comfynb.cloud`): ``https://cloud.comfy.org`` or a URL marked
+    ``cn.Cloud(url, max_jobs=)`` is a cloud backend, authenticated with ``api_key`` (or
+    ``COMFY_CLOUD_API_KEY``); in a session with local servers the cloud only takes the overflow
+    (``burst_after``, ``max_cloud_jobs`` per sweep: :mod:`comfynb.burst`). ``api_key_comfy_org``
+    (or ``COMFY_API_KEY``) is sent in each POST's ``extra_data`` for partner (API) nodes.
     """
 
     def __init__(

@@ -306,6 +306,8 @@ def test_cloud_takes_only_the_overflow_within_the_cap(start, connect, burst_afte
     assert set(frame.status) == {"success"}
     assert (frame.server == sim.url).sum() == expected
     assert session._burst.cloud_jobs(sweep.sweep_id) == expected
+    history = session.history_frame(sweep_id=sweep.sweep_id)  # the cloud has no paged history: left out
+    assert len(history) == 12 - expected and sim.url not in set(history.server)
 
 
 def test_failover_from_a_dead_local_server_to_the_cloud(start, connect):
