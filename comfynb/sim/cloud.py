@@ -222,8 +222,13 @@ class CloudRoutes(_Routes):
         return web.json_response({"deleted": deleted, "cleared": bool(body.get("clear"))})
 
     async def get_queue(self, request: web.Request) -> web.Response:
+        """The cloud's item shape: ``[position, prompt_id, workflow, output_ids, {create_time}]``."""
         running, pending = self.sim.engine.queue_items()
-        return web.json_response({"queue_running": running, "queue_pending": pending})
+        items = [
+            [i + 1, item[1], item[2], item[4], {"create_time": item[3].get("create_time")}]
+            for i, item in enumerate(running + pending)
+        ]
+        return web.json_response({"queue_running": items[: len(running)], "queue_pending": items[len(running) :]})
 
     async def user(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "active"})
