@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _HINT = "is ComfyUI running? start one with `comfynb sim`"
 _NOT_COMFY = "answers but is not ComfyUI"
 _TLS_HINT = "pass verify_ssl=False only if you trust this server"
-_AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
+_AUTH_HINT = "check the credentials given to comfynb (headers, token, auth, api_key)"
 _BODY_LIMIT = 2000
 _KINDS = {"json": "an answer", "view": "an output file read into memory", "file": "an output file saved to disk"}
 _MAX_DELAY = 5.0

@@ -332,6 +332,7 @@ def test_cloud_takes_only_the_overflow_within_the_cap(start, connect, burst_afte
         burst_after=burst_after,
         max_cloud_jobs=cap,
     )
+    assert list(session.servers().max_inflight) == [2, 2, 3]  # the plan's parallel jobs, for the cloud
     sweep = session.sweep(txt2img(0), grid={"KSampler.seed": range(12)}, concurrency=12)
     frame = sweep.result(WAIT)
     assert set(frame.status) == {"success"}
