@@ -155,6 +155,20 @@ def test_wrong_key_is_a_clear_error(start, connect):
     assert "401" in str(info.value) and "not-the-key" not in str(info.value)
 
 
+def test_the_cloud_key_goes_to_the_cloud_only(start):
+    sim = start(cloud=True, api_key=KEY)
+    # the cloud's storage port records every request's headers: posing as a local server, it
+    # shows what a local server of a mixed session gets (it is not ComfyUI, so it is marked down)
+    session = Session([sim.storage.url, cn.Cloud(sim.url)], api_key=KEY, api_key_comfy_org=PARTNER, **FAST)
+    try:
+        with session:
+            assert session.submit(txt2img(3)).result(WAIT).images
+    finally:
+        session.close()
+    probes = [r for r in sim.cloud.storage_requests if r["path"] == "/system_stats"]
+    assert probes and all(KEY not in json.dumps(r) and PARTNER not in json.dumps(r) for r in probes)
+
+
 def test_sweep_with_restarts_and_socket_drops_ends_once_per_row(start, connect):
     sim = start(cloud=True, api_key=KEY, max_parallel=3, node_times={"KSampler": 0.15})
     session = connect(cn.Cloud(sim.url, max_jobs=3), api_key=KEY)

@@ -56,6 +56,8 @@ class CloudHub(Hub):
     def send(self, type_: str, data: Any, sid: str | None, kind: str | None = None) -> None:
         if sid is not None and self.faults.drop and self.faults.drop_message(kind or type_):
             return
+        if type_ == "execution_start":  # the cloud's user-facing line (the docs show only `value`)
+            super().send("notification", {"value": "Executing workflow...", "id": data.get("prompt_id")}, None)
         super().send(type_, data, None)
 
     def send_binary(self, event: int, payload: bytes, sid: str | None) -> None:
