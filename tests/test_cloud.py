@@ -237,6 +237,18 @@ def test_429_under_a_three_job_limit_costs_no_job(start, connect, retry_after):
     assert set(session.servers().state) == {"up"}  # busy is not down
 
 
+def test_a_backend_ignoring_our_prompt_id_fails_the_job_without_running_it_twice(start, connect):
+    sim = start(cloud=True, api_key=KEY)
+    sim.cloud.own_ids = True
+    session = connect(cn.Cloud(sim.url), api_key=KEY)
+    job = session.submit(txt2img(5))
+    with pytest.raises(cn.HTTPStatusError, match="ignores the prompt_id"):
+        job.result(WAIT)
+    assert job.attempts == 1 and job.status == "error"
+    wait_until(lambda: sim.engine.remaining() == 0)
+    assert len(sim.engine.history) == 1  # it ran there once, under the cloud's own id
+
+
 def test_history_paging_degrades_with_a_message(start, connect):
     sim = start(cloud=True, api_key=KEY)
     session = connect(cn.Cloud(sim.url), api_key=KEY)

@@ -46,6 +46,7 @@ class CloudSettings:
     max_parallel: int = 3  # the plan's concurrent jobs
     max_queue: int = 0  # jobs accepted beyond max_parallel before 429 (the real cloud queues up to 100)
     retry_after: float | None = None  # seconds for the 429's Retry-After header; None: no header
+    own_ids: bool = False  # ignore the client's prompt_id (undocumented either way: for tests)
     counts: Counter = field(default_factory=Counter)  # "429", "401", "redirects", ...
     storage_requests: list[dict] = field(default_factory=list)  # headers each storage request carried
 
@@ -214,6 +215,8 @@ class CloudRoutes(_Routes):
             cloud.counts["429"] += 1
             headers = {"Retry-After": f"{cloud.retry_after:g}"} if cloud.retry_after is not None else None
             return _error(429, "too_many_requests", "concurrent job limit of your plan reached; retry later", headers)
+        if cloud.own_ids:
+            body.pop("prompt_id", None)
         status, payload = engine.submit(body)
         return web.json_response(payload, status=status)
 
