@@ -223,8 +223,9 @@ def test_uploads_are_content_addressed_and_sent_once(start, connect):
     assert ref.image.getpixel((0, 0)) == (55, 225, 225)
 
 
-@pytest.mark.parametrize("retry_after", [None, 0.2])
-def test_429_under_a_three_job_limit_costs_no_job(start, connect, retry_after):
+@pytest.mark.parametrize("retry_after", [None, 0.5])
+def test_429_under_a_three_job_limit_costs_no_job(start, connect, retry_after, caplog):
+    caplog.set_level(logging.INFO, logger="comfynb.transport")
     sim = start(cloud=True, api_key=KEY, max_parallel=3, retry_after=retry_after, node_times={"KSampler": 0.1})
     # the session believes in 8 parallel jobs: the cloud refuses what its plan does not allow
     session = connect(cn.Cloud(sim.url, max_jobs=8), api_key=KEY)
@@ -235,6 +236,10 @@ def test_429_under_a_three_job_limit_costs_no_job(start, connect, retry_after):
     assert all(job.attempts == 1 for job in jobs)  # a refused POST is not a submission
     assert len({job.prompt_id for job in jobs}) == 12
     assert set(session.servers().state) == {"up"}  # busy is not down
+    waits = [r.getMessage() for r in caplog.records if "is busy (HTTP 429" in r.getMessage()]
+    assert len(waits) == sim.cloud.counts["429"]
+    if retry_after is not None:  # the server's Retry-After, not our own backoff
+        assert all(w.endswith("sent again in 0.5 s") for w in waits)
 
 
 def test_a_backend_ignoring_our_prompt_id_fails_the_job_without_running_it_twice(start, connect):
@@ -323,6 +328,7 @@ def test_no_key_in_anything_a_session_writes(start, connect, tmp_path, caplog):
         json.dumps(sim.engine.history),
         json.dumps(sim.engine.queue_items()),
         json.dumps([job._state.body for job in sweep.jobs]),
+        repr(list(session.events)),
     ]
     blobs = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
     assert len(blobs) > 3 and any(path.suffix == ".sqlite" for path in tmp_path.rglob("*"))
