@@ -147,6 +147,20 @@ def test_a_cloud_backend_needs_a_key(monkeypatch):
         Session("https://cloud.comfy.org", progress=False)
 
 
+def test_cloud_profiles():
+    from comfynb.cloud import inflight, profile_of
+
+    official = profile_of("https://cloud.comfy.org")
+    assert official.cloud and official.path("/prompt") == "/api/prompt" and official.path("/api/jobs") == "/api/jobs"
+    assert not profile_of("http://127.0.0.1:8188").cloud
+    urls = ["http://a:1", cn.Cloud("http://b:2", max_jobs=5)]
+    profiles = [profile_of(u) for u in urls]
+    assert inflight(urls, profiles, "auto") == ["auto", 5]
+    assert inflight(urls, profiles, [1, 2]) == [1, 2]  # given limits win
+    with pytest.raises(ValueError, match="max_jobs"):
+        cn.Cloud(max_jobs=0)
+
+
 def test_wrong_key_is_a_clear_error(start, connect):
     sim = start(cloud=True, api_key=KEY)
     with pytest.raises(cn.ComfyError) as info:
@@ -254,9 +268,10 @@ def test_a_backend_ignoring_our_prompt_id_fails_the_job_without_running_it_twice
     assert len(sim.engine.history) == 1  # it ran there once, under the cloud's own id
 
 
-def test_history_paging_degrades_with_a_message(start, connect):
+def test_history_paging_degrades_with_a_message(start, connect, monkeypatch):
+    monkeypatch.setenv("COMFY_CLOUD_API_KEY", KEY)
     sim = start(cloud=True, api_key=KEY)
-    session = connect(cn.Cloud(sim.url), api_key=KEY)
+    session = connect(cn.Cloud(sim.url))  # the key from the environment
     session.submit(txt2img(1)).result(WAIT)
     with pytest.raises(cn.ComfyError, match="no paged /history"):
         session.history_frame()
