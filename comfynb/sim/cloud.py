@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yarl
 from aiohttp import web
 
 from . import jobs
@@ -58,7 +59,7 @@ class CloudHub(Hub):
         if sid is not None and self.faults.drop and self.faults.drop_message(kind or type_):
             return
         if type_ == "execution_start":  # the cloud's user-facing line (the docs show only `value`)
-            super().send("notification", {"value": "Executing workflow...", "id": data.get("prompt_id")}, None)
+            super().send("notification", {"value": "Executing workflow..."}, None)
         super().send(type_, data, None)
 
     def send_binary(self, event: int, payload: bytes, sid: str | None) -> None:
@@ -329,14 +330,15 @@ class CloudRoutes(_Routes):
         kind = query.get("type", "output")
         if not name or kind not in self.sim.files.dirs:
             return _error(400, "bad_request", "filename and a known type are required")
-        path = next((p for p in sorted(self.sim.files.dirs[kind].rglob(name)) if p.is_file()), None)
+        path = next((p for p in sorted(self.sim.files.dirs[kind].rglob("*")) if p.name == name and p.is_file()), None)
         if path is None:
             return _error(404, "not_found", "File not found or unauthorized")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         signature = secrets.token_hex(16)
         self.sim.storage.blobs[digest] = (path, signature)
         self.sim.cloud.counts["redirects"] += 1
-        raise web.HTTPFound(f"{self.sim.storage.url}/{digest}?sig={signature}&name={name}")
+        target = yarl.URL(self.sim.storage.url).with_path(f"/{digest}").with_query({"sig": signature, "name": name})
+        raise web.HTTPFound(str(target))
 
     async def _upload(self, request: web.Request, mask: bool) -> web.Response:
         """Stored under the content's hash; ``subfolder`` and ``overwrite`` are ignored."""
