@@ -41,6 +41,7 @@ ENV_CLOUD_KEY = "COMFY_CLOUD_API_KEY"
 ENV_PARTNER_KEY = "COMFY_API_KEY"
 PARTNER_FIELD = "api_key_comfy_org"
 MAX_BUSY_WAIT = 30.0  # longest pause between two tries after a 429 without Retry-After
+BUSY_WARNING_EVERY = 60.0  # seconds between two warnings that a server keeps answering 429
 REDIRECTS = (301, 302, 303, 307, 308)
 
 

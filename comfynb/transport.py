@@ -17,6 +17,7 @@ import mimetypes
 import os
 import random
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -183,6 +184,7 @@ class Transport:
             headers["Authorization"] = f"Basic {encoded}"
         self.profile = profile
         self._partner_key = partner_key  # added to each POST /prompt body, never stored (see post_prompt)
+        self._busy_said = -float("inf")  # when a 429 was last reported at WARNING level
         self.url = base
         self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
@@ -463,7 +465,11 @@ class Transport:
                 break
             wait = cloud.busy_delay(answer.get("Retry-After"), delay)
             delay = min(delay * 2, cloud.MAX_BUSY_WAIT)
-            log.info(
+            now = time.monotonic()
+            loud = now - self._busy_said >= cloud.BUSY_WARNING_EVERY  # the reason may be a lapsed plan: say it
+            self._busy_said = now if loud else self._busy_said
+            log.log(
+                logging.WARNING if loud else logging.INFO,
                 "%s is busy (HTTP 429: %s); prompt %s is sent again in %.1f s",
                 self.url,
                 self._scrub(raw[:200].decode("utf-8", errors="replace")).strip() or "no reason given",
