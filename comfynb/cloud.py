@@ -151,10 +151,9 @@ def busy_delay(retry_after: str | None, fallback: float) -> float:
 def history_entry(job: dict | None) -> dict | None:
     """A history-shaped entry from a cloud ``/api/jobs/{id}`` record; None while it is not finished.
 
-    ``cancelled`` becomes an interrupted outcome; times in the cloud's job record are seconds,
-    the messages keep whatever ``execution_status`` the cloud recorded.
+    The messages are whatever ``execution_status`` the cloud recorded, else made from the status.
     """
-    if not job or job.get("status") not in ("completed", "failed", "cancelled"):
+    if not job or job.get("status") not in ("completed", "failed"):
         return None
     workflow = job.get("workflow") if isinstance(job.get("workflow"), dict) else {}
     status = job.get("execution_status")
@@ -162,8 +161,6 @@ def history_entry(job: dict | None) -> dict | None:
         ok = job["status"] == "completed"
         if ok:
             messages = [["execution_success", {"prompt_id": job.get("id")}]]
-        elif job["status"] == "cancelled":
-            messages = [["execution_interrupted", {"prompt_id": job.get("id"), "node_id": None, "node_type": None}]]
         else:
             messages = [["execution_error", job.get("execution_error") or {"exception_message": "failed on the cloud"}]]
         status = {"status_str": "success" if ok else "error", "completed": ok, "messages": messages}

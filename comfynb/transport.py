@@ -538,6 +538,7 @@ class Transport:
         """``/api/jobs/{id}``, or None if the server does not know the id.
 
         Raises :class:`NotSupported` on servers without the jobs API (and sets ``jobs_api`` False).
+        A Comfy Cloud job that was cancelled counts as unknown, like a deleted prompt on a local server.
         """
         path = f"/api/jobs/{quote(prompt_id, safe='')}"
         if self.jobs_api is False:
@@ -558,6 +559,8 @@ class Transport:
         if not isinstance(data, dict):
             raise self._shape_error("GET", path, "a job object")
         self.jobs_api = True
+        if self.profile.cloud and data.get("status") == "cancelled":
+            return None  # deleted from its queue: gone, as a deleted prompt is on a local server
         return data
 
     async def delete_queued(self, prompt_ids: list[str]) -> None:

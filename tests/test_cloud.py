@@ -268,6 +268,22 @@ def test_a_backend_ignoring_our_prompt_id_fails_the_job_without_running_it_twice
     assert len(sim.engine.history) == 1  # it ran there once, under the cloud's own id
 
 
+def test_cancelling_on_the_cloud(start, connect):
+    sim = start(cloud=True, api_key=KEY, max_parallel=1, max_queue=5, node_times={"KSampler": 0.5})
+    session = connect(cn.Cloud(sim.url, max_jobs=3), api_key=KEY)
+    running, queued = session.submit(txt2img(1)), session.submit(txt2img(2))
+    wait_until(lambda: len(sim.engine.queue_items()[1]) == 1)
+    queued.cancel()
+    with pytest.raises(cn.Cancelled):
+        queued.result(WAIT)
+    assert queued.status == "cancelled"
+    status, _, job = call(f"{sim.url}/api/jobs/{queued.prompt_id}")
+    assert status == 200 and job["status"] == "cancelled"  # deleted from the cloud's queue, never run
+    running.cancel()  # the cloud's interrupt would stop every job of the account: this one finishes
+    assert seed_of(running) == 1 and running.status == "success"
+    assert queued.prompt_id not in sim.engine.history
+
+
 def test_history_paging_degrades_with_a_message(start, connect, monkeypatch):
     monkeypatch.setenv("COMFY_CLOUD_API_KEY", KEY)
     sim = start(cloud=True, api_key=KEY)
