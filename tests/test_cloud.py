@@ -19,7 +19,7 @@ from core.conftest import txt2img
 from PIL import Image
 
 import comfynb as cn
-from comfynb import ExecutionError, Session, Timeouts
+from comfynb import ExecutionError, Session, Timeouts, display
 from comfynb.burst import may_burst
 from comfynb.sim import Simulator
 from comfynb.sim.images import read_params
@@ -360,6 +360,10 @@ def test_no_key_in_anything_a_session_writes(start, connect, tmp_path, caplog):
         json.dumps(sim.engine.queue_items()),
         json.dumps([job._state.body for job in sweep.jobs]),
         repr(list(session.events)),
+        display.sweep_html(sweep),
+        display.job_html(sweep.jobs[0]),
+        display.result_html(sweep.jobs[0].result()),
+        display.error_html(info.value),
     ]
     blobs = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
     assert len(blobs) > 3 and any(path.suffix == ".sqlite" for path in tmp_path.rglob("*"))
