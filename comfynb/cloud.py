@@ -77,6 +77,11 @@ class Cloud(str):
         return marked
 
 
+def simulated_url(sim: Any) -> str:
+    """A simulator's URL, marked as a cloud backend when it runs in cloud mode."""
+    return Cloud(str(sim.url), max_jobs=sim.cloud.max_parallel) if sim.cloud is not None else str(sim.url)
+
+
 def profile_of(url: str) -> Profile:
     if isinstance(url, Cloud):
         return Profile(cloud=True, prefix="/api", max_jobs=url.max_jobs)

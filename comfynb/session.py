@@ -202,7 +202,9 @@ class Session:
         try:
             for sim in sims:
                 stack.enter_context(sim.running())
-            session = cls([str(sim.url) for sim in sims], **session_options)
+            if sims[0].cloud is not None:  # Simulator(cloud=True): a Comfy Cloud backend with its key
+                session_options.setdefault("api_key", sims[0].cloud.api_key)
+            session = cls([_cloud.simulated_url(sim) for sim in sims], **session_options)
         except BaseException:
             stack.close()
             raise

@@ -161,6 +161,12 @@ def test_cloud_profiles():
         cn.Cloud(max_jobs=0)
 
 
+def test_simulated_cloud_session():
+    with Session.simulated(cloud=True, max_parallel=2, **FAST) as session:
+        assert session.simulator.cloud is not None and list(session.servers().max_inflight) == [2]
+        assert seed_of(session.submit(txt2img(4))) == 4
+
+
 def test_wrong_key_is_a_clear_error(start, connect):
     sim = start(cloud=True, api_key=KEY)
     with pytest.raises(cn.ComfyError) as info:
