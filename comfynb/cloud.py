@@ -23,7 +23,6 @@ A URL is a cloud backend when its host is ``cloud.comfy.org`` or when it is wrap
 from __future__ import annotations
 
 import email.utils
-import logging
 import os
 import time
 from collections.abc import Mapping
@@ -31,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yarl
-
-log = logging.getLogger(__name__)
 
 CLOUD_HOST = "cloud.comfy.org"
 DEFAULT_URL = f"https://{CLOUD_HOST}"
