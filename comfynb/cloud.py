@@ -107,7 +107,7 @@ def keys(profiles: list[Profile], api_key: str | None, partner_key: str | None) 
 def headers_for(profile: Profile, headers: Mapping | None, api_key: str | None) -> dict | None:
     """The session's headers, plus ``X-API-Key`` for a cloud backend (and only for it)."""
     if not profile.cloud:
-        return dict(headers) if headers else headers
+        return dict(headers) if headers else None
     return {**(headers or {}), "X-API-Key": api_key}
 
 
@@ -157,7 +157,7 @@ def history_entry(job: dict | None) -> dict | None:
     """
     if not job or job.get("status") not in ("completed", "failed"):
         return None
-    workflow = job.get("workflow") if isinstance(job.get("workflow"), dict) else {}
+    workflow: dict = job["workflow"] if isinstance(job.get("workflow"), dict) else {}
     status = job.get("execution_status")
     if not isinstance(status, dict) or not status.get("status_str"):
         ok = job["status"] == "completed"
@@ -166,7 +166,7 @@ def history_entry(job: dict | None) -> dict | None:
         else:
             messages = [["execution_error", job.get("execution_error") or {"exception_message": "failed on the cloud"}]]
         status = {"status_str": "success" if ok else "error", "completed": ok, "messages": messages}
-    prompt = [None, job.get("id"), workflow.get("prompt") or {}, workflow.get("extra_data") or {}, []]
+    prompt: list = [None, job.get("id"), workflow.get("prompt") or {}, workflow.get("extra_data") or {}, []]
     return {
         "prompt": prompt,
         "outputs": job.get("outputs") or {},

@@ -370,7 +370,7 @@ class Pool:
                 )
             return
         free = [s for s in self.up() if s.limit is None or s.load < s.limit]
-        skipped = []
+        skipped: list[PromptState] = []
         while free and self.pending:
             state = self.pending.popleft()
             if state.done:  # cancelled while it waited

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yarl
 from aiohttp import web
@@ -31,9 +31,17 @@ from .engine import Engine
 from .hub import Hub
 from .nodes import NodeClass, NodeResult, _info
 from .server import UPLOAD_LIMIT, _Routes
+from .server import Simulator as _Served
 
-if TYPE_CHECKING:
-    from .simulator import Simulator
+
+class Simulator(_Served, Protocol):
+    """What the cloud routes and the storage read from the simulator (named here, not imported,
+    so the two modules do not import each other)."""
+
+    cloud: Any  # CloudSettings
+    storage: Any  # Storage
+    settings: Any
+
 
 PUBLIC = ("/api/system_stats", "/api/features", "/api/workflow_templates")
 CANCELLED = "cancelled"
@@ -56,7 +64,7 @@ class CloudHub(Hub):
     """The cloud ignores ``clientId``: every message for the user goes to all of the user's sockets."""
 
     def send(self, type_: str, data: Any, sid: str | None, kind: str | None = None) -> None:
-        if sid is not None and self.faults.drop and self.faults.drop_message(kind or type_):
+        if sid is not None and getattr(self.faults, "drop", None) and self.faults.drop_message(kind or type_):
             return
         if type_ == "execution_start":  # the cloud's user-facing line (the docs show only `value`)
             super().send("notification", {"value": "Executing workflow..."}, None)
@@ -197,6 +205,8 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 class CloudRoutes(_Routes):
     """The cloud's answers, reusing the local handlers where the cloud behaves the same."""
 
+    sim: Simulator
+
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         cloud = self.sim.cloud
@@ -251,16 +261,18 @@ class CloudRoutes(_Routes):
         if prompt_id in engine.cancelled:
             gone = engine.cancelled[prompt_id]
             _, _, prompt, extra, _ = gone["prompt"]
-            job = {"id": prompt_id, "status": CANCELLED, "create_time": extra.get("create_time", 0) // 1000}
+            record: dict = {"id": prompt_id, "status": CANCELLED, "create_time": extra.get("create_time", 0) // 1000}
             if full:
-                job.update(update_time=int(gone["time"]), workflow={"prompt": prompt, "extra_data": extra})
-            return job
-        if prompt_id in history:
-            job = jobs.finished_job(prompt_id, history[prompt_id], full=full)
-        else:
-            job = jobs.get_job(prompt_id, running, pending, {})
-        if job is None:
+                record.update(update_time=int(gone["time"]), workflow={"prompt": prompt, "extra_data": extra})
+            return record
+        found = (
+            jobs.finished_job(prompt_id, history[prompt_id], full=full)
+            if prompt_id in history
+            else jobs.get_job(prompt_id, running, pending, {})
+        )
+        if found is None:
             return None
+        job: dict = found
         job.pop("priority", None)  # not in the cloud's job schema
         job["create_time"] = int(job.get("create_time", 0)) // 1000  # seconds in the cloud
         if full:
@@ -344,7 +356,7 @@ class CloudRoutes(_Routes):
         """Stored under the content's hash; ``subfolder`` and ``overwrite`` are ignored."""
         post = await request.post()
         image = post.get("image")
-        if not hasattr(image, "file") or not getattr(image, "filename", None):
+        if not isinstance(image, web.FileField) or not image.filename:
             return _error(400, "bad_request", "an image file is required")
         data = image.file.read()
         suffix = Path(image.filename).suffix or ".png"
@@ -420,7 +432,7 @@ class Storage:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = self._runner.addresses[0][1]
         self.url = f"http://{host}:{port}"
 
     async def stop(self) -> None:

@@ -77,12 +77,12 @@ class Simulator:
         self.files: Files | None = None
         self.nodes: dict[str, NodeClass] = {}
         self.hub: Hub | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | CloudEngines | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._retired: list[Engine] = []
+        self._retired: list[Engine | CloudEngines] = []
         self._coming_up: asyncio.Task | None = None
         self._remove_root: weakref.finalize | None = None
         self.cloud = CloudSettings(api_key or "sim-cloud-key", max_parallel, max_queue, retry_after) if cloud else None
@@ -213,13 +213,15 @@ class Simulator:
     # -- internals -----------------------------------------------------------------------------
 
     def _fresh_state(self) -> None:
+        engine: Engine | CloudEngines
         if self.cloud is not None:
             self.hub = CloudHub(self.faults, self.ledger)
-            self.engine = CloudEngines(self.cloud, self.nodes, self.hub, self.files, self.settings, self.ledger)
+            engine = CloudEngines(self.cloud, self.nodes, self.hub, self.files, self.settings, self.ledger)
         else:
             self.hub = Hub(self.faults, self.ledger)
-            self.engine = Engine(self.nodes, self.hub, self.files, self.settings, self.ledger)
-        self.engine.start()
+            engine = Engine(self.nodes, self.hub, self.files, self.settings, self.ledger)
+        self.engine = engine
+        engine.start()
 
     async def _listen(self) -> None:
         self._listener = await self._loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
