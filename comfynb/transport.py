@@ -82,10 +82,6 @@ class Limits:
     ws_frame: int = 32 * _MB
 
 
-class PromptIdIgnored(HTTPStatusError):
-    """The server queued the prompt under an id of its own: comfynb cannot follow it (not retried)."""
-
-
 class NotSupported(HTTPStatusError):
     """The server lacks an optional API (``/api/jobs`` only exists since Dec 2025, PR #11054)."""
 
@@ -486,13 +482,6 @@ class Transport:
         data = self._decode("POST", "/prompt", raw)
         if not isinstance(data, dict) or "prompt_id" not in data:
             raise self._shape_error("POST", "/prompt", "a prompt_id")
-        if "prompt_id" in body and str(data["prompt_id"]) != str(body["prompt_id"]):
-            raise PromptIdIgnored(
-                f"{self.url} queued prompt {body['prompt_id']} as {data['prompt_id']}: it ignores the prompt_id "
-                "comfynb chose, so comfynb cannot follow it or know it ran only once; it is not sent again",
-                url=self.url + "/prompt",
-                status=status,
-            )
         return data
 
     async def get_history(self, prompt_id: str) -> Any:
