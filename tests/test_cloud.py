@@ -19,7 +19,7 @@ from core.conftest import txt2img
 from PIL import Image
 
 import comfynb as cn
-from comfynb import ExecutionError, Session, Timeouts, display
+from comfynb import ExecutionError, Session, Timeouts, _loop, display
 from comfynb.burst import may_burst
 from comfynb.sim import Simulator
 from comfynb.sim.images import read_params
@@ -208,14 +208,18 @@ def test_sweep_with_restarts_and_socket_drops_ends_once_per_row(start, connect):
     assert sim.engine.remaining() == 0
 
 
-def test_outputs_come_through_storage_which_never_sees_the_key(start, connect):
+def test_outputs_come_through_storage_which_never_sees_the_key(start, connect, tmp_path):
     sim = start(cloud=True, api_key=KEY)
     session = connect(cn.Cloud(sim.url), api_key=KEY, api_key_comfy_org=PARTNER)
     job = session.submit(txt2img(7))
     result = job.result(WAIT)
     ref = result.images[0]
-    assert read_params(ref.data)["seed"] == 7
+    saved = ref.save(tmp_path / "out.png")  # streamed to disk: the same redirect, the same care
+    assert read_params(ref.data)["seed"] == 7 and saved.read_bytes() == ref.data
+    small = _loop.run_sync(session._servers[0].transport.view_small(ref.filename, ref.subfolder, ref.type, 1 << 20))
+    assert small == ref.data  # the notebook's inline path
     requests = sim.cloud.storage_requests
+    assert len(requests) == 3
     assert requests and sim.cloud.counts["redirects"] >= 1
     for request in requests:
         seen = json.dumps(request)
