@@ -647,7 +647,9 @@ class Transport:
             raise ProtocolError(f"{self.url} redirected /view to an unsupported URL ({target.scheme}:)", url=self.url)
         async with contextlib.AsyncExitStack() as stack:
             session = await self._session_for(target, stack)
-            status, body = await self._attempts(session, "GET", target, params=None, json=None, form=None, retry=True)
+            status, body = await self._attempts(
+                session, "GET", target, params=None, json=None, form=None, retry=True, kind="view"
+            )
         if status != 200:
             raise HTTPStatusError(
                 f"GET {where} (where {self.url} redirected /view) -> HTTP {status}", url=where, status=status
