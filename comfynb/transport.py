@@ -319,8 +319,9 @@ class Transport:
         headers_out: dict | None = None,
     ) -> tuple[int, bytes]:
         url = path if isinstance(path, yarl.URL) else self.url + path
-        shown = cloud.describe_target(path) if isinstance(path, yarl.URL) else url  # no signature in messages
-        label = shown if isinstance(path, yarl.URL) else path
+        target = cloud.describe_target(path) if isinstance(path, yarl.URL) else None  # no signature in messages
+        label: str = target if target is not None else str(path)  # for messages
+        shown: str = target if target is not None else str(url)  # for the debug log
         attempts = 1 + self.retries if retry else 1
         attempt = 0
         while True:
@@ -366,7 +367,7 @@ class Transport:
                 failure = self._describe(exc)
                 # a certificate does not get better by retrying
                 if attempt == attempts or isinstance(exc, aiohttp.ClientSSLError):
-                    error = self._connection_error(exc, f"{method} {shown}", attempt)
+                    error = self._connection_error(exc, f"{method} {label}", attempt)
             if error is not None:
                 raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
             # most failures are one dropped request: the first retry comes at once, later ones back off
