@@ -206,6 +206,8 @@ def test_sweep_with_restarts_and_socket_drops_ends_once_per_row(start, connect):
     assert sim.faults.counts["restart"] == 1 and sim.faults.counts["drop_sockets"] >= 1
     assert any(job.attempts > 1 for job in sweep.jobs)  # the restart lost some: sent again
     assert sim.engine.remaining() == 0
+    for job in sweep.jobs:  # the simulator's ledger (kept across its restart): one successful run each
+        assert sim.ledger.executions(job.prompt_id) == 1, sim.ledger.runs_of(job.prompt_id)
 
 
 def test_outputs_come_through_storage_which_never_sees_the_key(start, connect, tmp_path):
@@ -258,6 +260,7 @@ def test_429_under_a_three_job_limit_costs_no_job(start, connect, retry_after, c
         assert seed_of(job) == seed
     assert sim.cloud.counts["429"] > 0
     assert all(job.attempts == 1 for job in jobs)  # a refused POST is not a submission
+    assert all(sim.ledger.executions(job.prompt_id, outcome=None) == 1 for job in jobs)  # each started once
     assert len({job.prompt_id for job in jobs}) == 12
     assert set(session.servers().state) == {"up"}  # busy is not down
     waits = [r.getMessage() for r in caplog.records if "is busy (HTTP 429" in r.getMessage()]

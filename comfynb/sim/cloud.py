@@ -61,17 +61,21 @@ class CloudSettings:
 
 
 class CloudHub(Hub):
-    """The cloud ignores ``clientId``: every message for the user goes to all of the user's sockets."""
+    """The cloud ignores ``clientId``: a message for the user goes to every socket of the user
+    (each delivery with the local rules: drop faults, the ledger's "told")."""
 
     def send(self, type_: str, data: Any, sid: str | None, kind: str | None = None) -> None:
-        if sid is not None and getattr(self.faults, "drop", None) and self.faults.drop_message(kind or type_):
-            return
         if type_ == "execution_start":  # the cloud's user-facing line (the docs show only `value`)
             super().send("notification", {"value": "Executing workflow..."}, None)
-        super().send(type_, data, None)
+        if sid is None:
+            super().send(type_, data, None, kind)
+            return
+        for other in list(self.sockets):
+            super().send(type_, data, other, kind)
 
     def send_binary(self, event: int, payload: bytes, sid: str | None) -> None:
-        super().send_binary(event, payload, None)
+        for other in [None] if sid is None else list(self.sockets):
+            super().send_binary(event, payload, other)
 
     def has(self, sid: str | None) -> bool:
         return bool(self.sockets)
