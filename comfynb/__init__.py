@@ -3,6 +3,7 @@
 # The notebook layer, last: it registers itself with the layers below (session submit hook,
 # IPython HTML formatters); nothing below imports it.
 from . import display as _display
+from .cloud import Cloud
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .jobs import Job, as_completed
@@ -17,6 +18,7 @@ _display.register()
 __version__ = "0.1.0"
 __all__ = [
     *_errors_all,
+    "Cloud",
     "FileRef",
     "ImageRef",
     "Job",

@@ -12,6 +12,7 @@ turned back into fetchable references by :meth:`comfynb.results.FileRef.from_url
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ from . import _loop
 from .history import EntryError, check_entry, entry_problem, tags_in
 from .results import output_items, output_texts, view_url
 from .tracker import SUCCESS
-from .transport import Transport
+from .transport import NotSupported, Transport
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("success", "error", "interrupted", "cancelled", "lost", "pending", "queued", "running")
 COLUMNS = (
@@ -298,13 +301,21 @@ async def collect_history(
     knows what finished even after a restart wipes a server's history); a prompt found on two
     servers gives one row, attributed as ``prefer`` (prompt_id -> URL) says."""
     per_server = []
+    unsupported: NotSupported | None = None
     for transport in transports:
-        items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
+        try:
+            items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
+        except NotSupported as exc:  # Comfy Cloud: no paged history; the other servers still count
+            unsupported = exc
+            log.warning("history_frame: %s is left out: %s", transport.url, exc)
+            continue
         rows = [history_row(pid, entry, transport.url) for pid, entry in items]
         if journal is not None and items:  # malformed entries are not recorded as outcomes
             states = {row["prompt_id"]: row["status"] for row in rows}
             journal.collect([(pid, e) for pid, e in items if entry_problem(e) is None], states)
         per_server.append(rows)
+    if unsupported is not None and not per_server:
+        raise unsupported
     return _merged(per_server, limit, sweep_id is not None, prefer)  # a sweep's rows in index order
 
 

@@ -66,6 +66,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from . import chaining, wsoutputs
+from .burst import Burst
 from .capabilities import read_capabilities
 from .errors import Cancelled, CapabilityError, ComfyError, JobLost
 from .history import entry_problem
@@ -165,6 +166,7 @@ class Pool:
         self._started = False
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
+        self.burst: Burst | None = None  # set by the session: the cloud takes only the overflow
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -368,7 +370,7 @@ class Pool:
                 )
             return
         free = [s for s in self.up() if s.limit is None or s.load < s.limit]
-        skipped = []
+        skipped: list[PromptState] = []
         while free and self.pending:
             state = self.pending.popleft()
             if state.done:  # cancelled while it waited
@@ -380,6 +382,8 @@ class Pool:
                 continue
             able = chaining.route(state.body["prompt"], able)  # where the files it reads are
             choices = [s for s in free if s in able]
+            if choices and self.burst is not None:  # local servers first, the cloud for the overflow
+                choices = self.burst.choose(state, choices, self, len(self.pending) + len(skipped) + 1)
             if not choices:
                 skipped.append(state)  # its servers are busy or down; later jobs may still go
                 continue

@@ -26,10 +26,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _loop
+from . import cloud as _cloud
 from . import frames as _frames
 from . import sweep as _sweep
 from . import uploads as _uploads
 from . import wsoutputs as _wsoutputs
+from .burst import Burst
 from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
@@ -78,6 +80,12 @@ class Session:
     after a crash or a server restart. ``limits`` bounds the size of each kind of answer
     (:class:`comfynb.transport.Limits`), ``timeout`` the time and the minimum rate (:class:`Timeouts`).
     Construction does not block; ``with``/``async with`` wait until the servers answer.
+
+    Comfy Cloud (:mod:`comfynb.cloud`): ``https://cloud.comfy.org`` or a URL marked
+    ``cn.Cloud(url, max_jobs=)`` is a cloud backend, authenticated with ``api_key`` (or
+    ``COMFY_CLOUD_API_KEY``); in a session with local servers the cloud only takes the overflow
+    (``burst_after``, ``max_cloud_jobs`` per sweep: :mod:`comfynb.burst`). ``api_key_comfy_org``
+    (or ``COMFY_API_KEY``) is sent in each POST's ``extra_data`` for partner (API) nodes.
     """
 
     def __init__(
@@ -105,6 +113,10 @@ class Session:
         give_up_after: float | None = 300.0,
         on_missing_outputs: str = "rerun",
         limits: Limits = Limits(),
+        api_key: str | None = None,
+        api_key_comfy_org: str | None = None,
+        burst_after: int = 0,
+        max_cloud_jobs: int | None = None,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -133,11 +145,13 @@ class Session:
         self._uploads: dict = {}  # (server, content-addressed name) -> name on the server
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._sim_context: Any = None
-        self._secrets = Secrets.of(urls, headers=headers, auth=auth, token=token)
+        profiles = [_cloud.profile_of(u) for u in urls]  # Comfy Cloud backends: see comfynb.cloud
+        cloud_key, partner_key = _cloud.keys(profiles, api_key, api_key_comfy_org)
+        self._secrets = Secrets.of(urls, headers=headers, auth=auth, token=token, api_keys=[cloud_key, partner_key])
         transports = [
             Transport(
                 u,
-                headers=headers,
+                headers=_cloud.headers_for(p, headers, cloud_key),
                 auth=auth,
                 token=token,
                 timeout=timeout,
@@ -145,8 +159,10 @@ class Session:
                 backoff=backoff,
                 verify_ssl=verify_ssl,
                 limits=limits,
+                profile=p,
+                partner_key=partner_key,
             )
-            for u in urls
+            for u, p in zip(urls, profiles)
         ]
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -158,10 +174,11 @@ class Session:
             self.settings,
             self._record,
             weights=weights,
-            max_inflight=max_inflight,
+            max_inflight=_cloud.inflight(urls, profiles, max_inflight),
             capabilities=capabilities,
         )
         self._servers = self._pool.servers
+        self._pool.burst = self._burst = Burst(burst_after, max_cloud_jobs, held=self._held_rows)
         self._started = _loop.submit(self._pool.start())
 
     @classmethod
@@ -185,7 +202,9 @@ class Session:
         try:
             for sim in sims:
                 stack.enter_context(sim.running())
-            session = cls([str(sim.url) for sim in sims], **session_options)
+            if sims[0].cloud is not None:  # Simulator(cloud=True): a Comfy Cloud backend with its key
+                session_options.setdefault("api_key", sims[0].cloud.api_key)
+            session = cls([_cloud.simulated_url(sim) for sim in sims], **session_options)
         except BaseException:
             stack.close()
             raise
@@ -325,6 +344,10 @@ class Session:
                 max_rows=max_rows,
             )
         )
+
+    def _held_rows(self) -> int:
+        """Sweep rows not released to the pool yet: they wait client-side too (for bursting)."""
+        return sum(max(0, sweep._remaining - len(sweep._flying)) for sweep in list(self._sweeps.values()))
 
     def resume(self, sweep_id: str) -> _sweep.Sweep:
         """Finish a sweep recorded in this session's journal: see :func:`comfynb.sweep.resume`."""

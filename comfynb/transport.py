@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json as _json
 import logging
 import mimetypes
 import os
 import random
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -24,6 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import yarl
 
+from . import cloud
 from .errors import (
     ComfyError,
     HTTPStatusError,
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 _HINT = "is ComfyUI running? start one with `comfynb sim`"
 _NOT_COMFY = "answers but is not ComfyUI"
 _TLS_HINT = "pass verify_ssl=False only if you trust this server"
-_AUTH_HINT = "check the credentials given to comfynb (headers, token, auth)"
+_AUTH_HINT = "check the credentials given to comfynb (headers, token, auth, api_key)"
 _BODY_LIMIT = 2000
 _KINDS = {"json": "an answer", "view": "an output file read into memory", "file": "an output file saved to disk"}
 _MAX_DELAY = 5.0
@@ -161,6 +164,8 @@ class Transport:
         backoff: float = 0.2,
         verify_ssl: bool = True,
         limits: Limits = Limits(),
+        profile: cloud.Profile = cloud.LOCAL,
+        partner_key: str | None = None,
     ):
         base, url_auth = _split_url(url)
         auth = auth or url_auth
@@ -173,10 +178,13 @@ class Transport:
         if auth is not None:
             encoded = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers["Authorization"] = f"Basic {encoded}"
+        self.profile = profile
+        self._partner_key = partner_key  # added to each POST /prompt body, never stored (see post_prompt)
+        self._busy_said = -float("inf")  # when a 429 was last reported at WARNING level
         self.url = base
         self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
-        self._secrets = Secrets.of([url], headers=headers, auth=auth, token=token)
+        self._secrets = Secrets.of([url], headers=headers, auth=auth, token=token, api_keys=[partner_key])
         if not isinstance(timeout, Timeouts):
             timeout = Timeouts(connect=min(10.0, timeout), read=timeout, total=timeout)
         self.timeouts = timeout
@@ -201,6 +209,10 @@ class Transport:
             await session.close()
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _ws_auth(self) -> dict:
+        """Comfy Cloud authenticates the WebSocket by a ``token`` query parameter (its docs)."""
+        return {"token": self._headers["X-API-Key"]} if self.profile.cloud else {}
 
     def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -281,10 +293,13 @@ class Transport:
         form: Callable[[], aiohttp.FormData] | None = None,
         retry: bool,
         kind: str = "json",
+        headers_out: dict | None = None,
     ) -> tuple[int, bytes]:
-        """One call with bounded retries; returns (status, body) of the last answer. The body of a
-        200 is bounded by ``limits.<kind>``."""
-        opts = {"params": params, "json": json, "form": form, "retry": retry, "kind": kind}
+        """One call with bounded retries; returns (status, body) of the last answer (and its
+        headers in ``headers_out``). The body of a 200 is bounded by ``limits.<kind>``. Redirects
+        are not followed: see :meth:`view`."""
+        path = self.profile.path(path)
+        opts = {"params": params, "json": json, "form": form, "retry": retry, "kind": kind, "headers_out": headers_out}
         if self._closed:
             async with self._new_session() as session:
                 return await self._attempts(session, method, path, **opts)
@@ -294,15 +309,19 @@ class Transport:
         self,
         session: aiohttp.ClientSession,
         method: str,
-        path: str,
+        path: str | yarl.URL,  # a URL: a redirect target, whose signed query must stay as it is
         *,
         params: dict | None,
         json: Any,
         form: Callable[[], aiohttp.FormData] | None,
         retry: bool,
         kind: str,
+        headers_out: dict | None = None,
     ) -> tuple[int, bytes]:
-        url = self.url + path
+        url = path if isinstance(path, yarl.URL) else self.url + path
+        target = cloud.describe_target(path) if isinstance(path, yarl.URL) else None  # no signature in messages
+        label: str = target if target is not None else str(path)  # for messages
+        shown: str = target if target is not None else str(url)  # for the debug log
         attempts = 1 + self.retries if retry else 1
         attempt = 0
         while True:
@@ -313,33 +332,48 @@ class Transport:
                 head = self.timeouts.read if self.timeouts.total is None and form is None else None
                 async with asyncio.timeout(head):
                     resp = await session.request(
-                        method, url, params=params, json=json, data=form() if form else None, ssl=self._ssl
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        data=form() if form else None,
+                        ssl=self._ssl,
+                        allow_redirects=False,  # a redirect to another host must not get our credentials
                     )
                 try:
                     ok = resp.status == 200
-                    body = await self._read(resp, method, path, kind if ok else "json")
+                    body = await self._read(resp, method, label, kind if ok else "json")
                 except BaseException:
                     resp.close()  # a half-read connection is not reused
                     raise
                 resp.release()
+                if headers_out is not None:
+                    headers_out.clear()
+                    headers_out.update(resp.headers)
                 if resp.status >= 300:
                     body = self._secrets.scrub_bytes(body)
                 if (resp.status < 500 and resp.status != 429) or attempt == attempts:
                     return resp.status, body
                 failure = f"HTTP {resp.status}"
+                if resp.status == 429:  # honour the server's Retry-After
+                    busy = cloud.busy_delay(resp.headers.get("Retry-After"), -1.0)
+                    if busy >= 0:
+                        log.debug("%s %s: HTTP 429, retry %d/%d in %.2f s", method, shown, attempt, attempts - 1, busy)
+                        await asyncio.sleep(busy)
+                        continue
             except ComfyError:
                 raise  # too large or too slow: an answer, not a failure that a retry mends
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failure = self._describe(exc)
                 # a certificate does not get better by retrying
                 if attempt == attempts or isinstance(exc, aiohttp.ClientSSLError):
-                    error = self._connection_error(exc, f"{method} {path}", attempt)
+                    error = self._connection_error(exc, f"{method} {label}", attempt)
             if error is not None:
                 raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
             # most failures are one dropped request: the first retry comes at once, later ones back off
             base = _FIRST_RETRY if attempt == 1 else self.backoff * 2 ** (attempt - 2)
             delay = min(base, _MAX_DELAY) * random.uniform(0.5, 1.5)
-            log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, url, failure, attempt, attempts - 1, delay)
+            log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, shown, failure, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
 
     async def _read(
@@ -413,8 +447,33 @@ class Transport:
         return self._decode(method, path, body)
 
     async def post_prompt(self, body: dict) -> dict:
-        """POST /prompt exactly once: the caller checks for a duplicate before trying again."""
-        status, raw = await self._send("POST", "/prompt", json=body, retry=False)
+        """POST /prompt exactly once: the caller checks for a duplicate before trying again.
+
+        A 429 (the server refused: busy, queue full) is not a try: the same body is sent again
+        after ``Retry-After`` (or a growing pause) for as long as it takes. The partner-node key,
+        if any, is added to this POST only, so no stored body, journal or history holds it."""
+        delay = self.backoff
+        while True:
+            answer: dict = {}
+            status, raw = await self._send(
+                "POST", "/prompt", json=cloud.with_partner_key(body, self._partner_key), retry=False, headers_out=answer
+            )
+            if status != 429:
+                break
+            wait = cloud.busy_delay(answer.get("Retry-After"), delay)
+            delay = min(delay * 2, cloud.MAX_BUSY_WAIT)
+            now = time.monotonic()
+            loud = now - self._busy_said >= cloud.BUSY_WARNING_EVERY  # the reason may be a lapsed plan: say it
+            self._busy_said = now if loud else self._busy_said
+            log.log(
+                logging.WARNING if loud else logging.INFO,
+                "%s is busy (HTTP 429: %s); prompt %s is sent again in %.1f s",
+                self.url,
+                self._scrub(raw[:200].decode("utf-8", errors="replace")).strip() or "no reason given",
+                body.get("prompt_id"),
+                wait,
+            )
+            await asyncio.sleep(wait)
         if status == 400:
             data = _loads(raw)
             if isinstance(data, dict) and ("error" in data or "node_errors" in data):
@@ -428,7 +487,10 @@ class Transport:
 
     async def get_history(self, prompt_id: str) -> Any:
         """The history entry, or None where ComfyUI answers ``{}`` (unknown, queued, running, evicted).
-        The entry is as the server sent it: :func:`comfynb.history.check_entry` checks its shape."""
+        The entry is as the server sent it: :func:`comfynb.history.check_entry` checks its shape.
+        Comfy Cloud has no ``/history/{id}``: its ``/api/jobs/{id}`` record is read instead."""
+        if self.profile.cloud:
+            return cloud.history_entry(await self.get_job(prompt_id))
         path = f"/history/{quote(prompt_id, safe='')}"
         data = await self.request_json("GET", path)
         if not isinstance(data, dict):
@@ -436,6 +498,13 @@ class Transport:
         return data.get(prompt_id)
 
     async def get_history_page(self, max_items: int, offset: int | None = None) -> dict:
+        if self.profile.cloud:
+            raise NotSupported(
+                f"{self.url} (Comfy Cloud) has no paged /history; a job's outcome is read through "
+                "/api/jobs/{id} (session jobs, session.check)",
+                url=self.url,
+                status=404,
+            )
         params = {"max_items": str(max_items)}
         if offset is not None:
             params["offset"] = str(offset)
@@ -459,6 +528,7 @@ class Transport:
         """``/api/jobs/{id}``, or None if the server does not know the id.
 
         Raises :class:`NotSupported` on servers without the jobs API (and sets ``jobs_api`` False).
+        A Comfy Cloud job that was cancelled counts as unknown, like a deleted prompt on a local server.
         """
         path = f"/api/jobs/{quote(prompt_id, safe='')}"
         if self.jobs_api is False:
@@ -466,7 +536,7 @@ class Transport:
         status, body = await self._send("GET", path, retry=True)
         if status == 404:
             data = _loads(body)
-            if isinstance(data, dict) and data.get("error") == "Job not found":
+            if self.profile.cloud or (isinstance(data, dict) and data.get("error") == "Job not found"):
                 self.jobs_api = True
                 return None
             self.jobs_api = False
@@ -479,6 +549,8 @@ class Transport:
         if not isinstance(data, dict):
             raise self._shape_error("GET", path, "a job object")
         self.jobs_api = True
+        if self.profile.cloud and data.get("status") == "cancelled":
+            return None  # deleted from its queue: gone, as a deleted prompt is on a local server
         return data
 
     async def delete_queued(self, prompt_ids: list[str]) -> None:
@@ -491,13 +563,23 @@ class Transport:
 
         ``None`` interrupts whatever runs: never retried, as a late retry could hit the next prompt.
         """
+        if self.profile.cloud:  # its /api/interrupt stops every running job of the account
+            log.warning(
+                "%s (Comfy Cloud) cannot interrupt one job without stopping all of yours; prompt %s runs to its end",
+                self.url,
+                prompt_id,
+            )
+            return
         body = {"prompt_id": prompt_id} if prompt_id is not None else None
         await self.request_json("POST", "/interrupt", json=body, retry=prompt_id is not None)
 
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """An output file, into memory (at most ``limits.view`` bytes)."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        status, body = await self._send("GET", "/view", params=params, retry=True, kind="view")
+        answer: dict = {}
+        status, body = await self._send("GET", "/view", params=params, retry=True, kind="view", headers_out=answer)
+        if status in cloud.REDIRECTS and answer.get("Location"):
+            return await self._follow(yarl.URL(self.url).join(yarl.URL(answer["Location"])))
         if status != 200:
             raise self._status_error("GET", "/view", status, body)
         return body
@@ -513,17 +595,12 @@ class Transport:
             error: Exception | None = None
             try:
                 with os.fdopen(fd, "wb") as out:
-                    session = self._new_session() if self._closed else self._client()
-                    try:
-                        async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
-                            if resp.status != 200:
-                                body = await self._read(resp, "GET", "/view", "json")
-                                raise self._status_error("GET", "/view", resp.status, body)
-                            await self._read(resp, "GET", "/view", "file", out)  # at most limits.file
-                            size = out.tell()
-                    finally:
-                        if self._closed:
-                            await session.close()
+                    async with self._view_response(params) as resp:
+                        if resp.status != 200:
+                            body = await self._read(resp, "GET", "/view", "json")
+                            raise self._status_error("GET", "/view", resp.status, body)
+                        await self._read(resp, "GET", "/view", "file", out)  # at most limits.file
+                        size = out.tell()
                 os.replace(tmp, path)
                 return size
             except HTTPStatusError as exc:
@@ -546,10 +623,9 @@ class Transport:
         """The file's bytes if it has at most ``limit`` bytes, else None (reading stops there):
         a notebook inlines small media and points its players at ``/view`` for the rest."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        session = self._new_session() if self._closed else self._client()
         error: Exception | None = None
         try:
-            async with session.get(self.url + "/view", params=params, ssl=self._ssl) as resp:
+            async with self._view_response(params) as resp:
                 if resp.status != 200:
                     raise self._status_error("GET", "/view", resp.status, await resp.read())
                 if (resp.content_length or 0) > limit:
@@ -562,10 +638,54 @@ class Transport:
                 return bytes(data)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = self._connection_error(exc, "GET /view", 1)
-        finally:
-            if self._closed:
-                await session.close()
         raise error  # not chained: aiohttp's exception holds the request headers
+
+    async def _follow(self, target: yarl.URL) -> bytes:
+        """Fetch a redirect target (Comfy Cloud: a signed storage URL). Another origin gets a
+        session of its own, without our headers: the signed URL carries its own authorization."""
+        where = cloud.describe_target(target)
+        if target.scheme not in ("http", "https"):
+            raise ProtocolError(f"{self.url} redirected /view to an unsupported URL ({target.scheme}:)", url=self.url)
+        async with contextlib.AsyncExitStack() as stack:
+            session = await self._session_for(target, stack)
+            status, body = await self._attempts(
+                session, "GET", target, params=None, json=None, form=None, retry=True, kind="view"
+            )
+        if status != 200:
+            raise HTTPStatusError(
+                f"GET {where} (where {self.url} redirected /view) -> HTTP {status}", url=where, status=status
+            )
+        return body
+
+    async def _session_for(self, target: yarl.URL, stack: contextlib.AsyncExitStack) -> aiohttp.ClientSession:
+        """The session to fetch a redirect target with: ours on our own origin, else one without
+        any of our headers (closed with ``stack``)."""
+        if cloud.same_origin(target, yarl.URL(self.url)):
+            return self._client() if not self._closed else await stack.enter_async_context(self._new_session())
+        t = self.timeouts
+        return await stack.enter_async_context(
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read),
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def _view_response(self, params: dict) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The streaming answer of ``/view``. A redirect (Comfy Cloud: a signed storage URL) is
+        followed once, without our credentials when it leaves our origin."""
+        async with contextlib.AsyncExitStack() as stack:
+            session = self._client() if not self._closed else await stack.enter_async_context(self._new_session())
+            resp = await stack.enter_async_context(
+                session.get(self.url + self.profile.path("/view"), params=params, ssl=self._ssl, allow_redirects=False)
+            )
+            if resp.status in cloud.REDIRECTS and resp.headers.get("Location"):
+                target = yarl.URL(self.url).join(yarl.URL(resp.headers["Location"]))
+                if target.scheme not in ("http", "https"):
+                    raise ProtocolError(f"{self.url} redirected /view to an unsupported URL", url=self.url)
+                session = await self._session_for(target, stack)
+                resp = await stack.enter_async_context(session.get(target, ssl=self._ssl, allow_redirects=False))
+            yield resp
 
     async def upload_image(
         self,
@@ -619,6 +739,12 @@ class Transport:
         data = self._decode("GET", "/system_stats", body)
         if not isinstance(data, dict) or not isinstance(data.get("system"), dict):
             raise self._shape_error("GET", "/system_stats", "system stats")
+        if self.profile.cloud:  # public there: the key is checked by a route that needs it
+            try:
+                await self.request_json("GET", "/user", retry=retry)
+            except HTTPStatusError as exc:
+                if exc.status != 429:  # busy is alive
+                    raise
         return data
 
     async def ws_connect(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
@@ -628,7 +754,7 @@ class Transport:
         try:
             return await self._client().ws_connect(
                 self._ws_url,
-                params={"clientId": client_id},
+                params={"clientId": client_id, **self._ws_auth()},
                 max_msg_size=self.limits.ws_frame,
                 heartbeat=self.timeouts.ws_heartbeat,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.timeouts.connect),

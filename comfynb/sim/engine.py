@@ -540,6 +540,7 @@ class Context:
         "prompt",
         "prompt_id",
         "run_id",
+        "sensitive",
         "temp_dir",
     )
 
@@ -550,6 +551,7 @@ class Context:
         self.node_id = node_id
         self.class_type = class_type
         self.extra_data = run.extra_data
+        self.sensitive = run.item[5] if len(run.item) > 5 else {}  # api_key_comfy_org: for API nodes only
         self.prompt = run.prompt
         dirs = run.engine.files.dirs
         self.input_dir: Path = dirs["input"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .cloud import CloudEngines, CloudHub, CloudSettings, Storage, build_cloud_app, partner_node
 from .engine import Engine, Settings
 from .faults import Faults
 from .files import Files
@@ -52,7 +53,16 @@ class Simulator:
         jobs_api: bool = True,
         faults: Faults | dict | None = None,
         seed: int = 0,
+        cloud: bool = False,
+        api_key: str | None = None,
+        max_parallel: int = 3,
+        max_queue: int = 0,
+        retry_after: float | None = None,
+        partner_nodes: bool = False,
     ):
+        """``cloud=True`` serves Comfy Cloud's API instead (see :mod:`comfynb.sim.cloud`): ``api_key``
+        required, ``max_parallel`` prompts at once, 429 (with ``Retry-After: retry_after`` if set)
+        beyond ``max_queue`` more. ``partner_nodes`` adds the partner node class to a local server."""
         self.host = host
         self.port = port
         self.url: str | None = None
@@ -67,14 +77,17 @@ class Simulator:
         self.files: Files | None = None
         self.nodes: dict[str, NodeClass] = {}
         self.hub: Hub | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | CloudEngines | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._retired: list[Engine] = []
+        self._retired: list[Engine | CloudEngines] = []
         self._coming_up: asyncio.Task | None = None
         self._remove_root: weakref.finalize | None = None
+        self.cloud = CloudSettings(api_key or "sim-cloud-key", max_parallel, max_queue, retry_after) if cloud else None
+        self.partner_nodes = partner_nodes or cloud
+        self.storage = Storage(self) if cloud else None
 
     @property
     def checkpoints(self) -> list[str]:
@@ -89,9 +102,14 @@ class Simulator:
             self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.files = Files(self.root)
         self.nodes = all_nodes(self._checkpoint_names, self.files.dirs["input"])
+        if self.partner_nodes:
+            self.nodes["PartnerTextSim"] = partner_node()
         self._fresh_state()
-        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        app = build_cloud_app(self) if self.cloud else build_app(self)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         try:
+            if self.storage is not None:
+                await self.storage.start(self.host)
             await self._runner.setup()
             await self._listen()
         except BaseException:
@@ -117,6 +135,8 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.storage is not None:
+            await self.storage.stop()
         if self._remove_root is not None:
             self._remove_root()
 
@@ -193,9 +213,15 @@ class Simulator:
     # -- internals -----------------------------------------------------------------------------
 
     def _fresh_state(self) -> None:
-        self.hub = Hub(self.faults, self.ledger)
-        self.engine = Engine(self.nodes, self.hub, self.files, self.settings, self.ledger)
-        self.engine.start()
+        engine: Engine | CloudEngines
+        if self.cloud is not None:
+            self.hub = CloudHub(self.faults, self.ledger)
+            engine = CloudEngines(self.cloud, self.nodes, self.hub, self.files, self.settings, self.ledger)
+        else:
+            self.hub = Hub(self.faults, self.ledger)
+            engine = Engine(self.nodes, self.hub, self.files, self.settings, self.ledger)
+        self.engine = engine
+        engine.start()
 
     async def _listen(self) -> None:
         self._listener = await self._loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
