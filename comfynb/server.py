@@ -125,7 +125,7 @@ class Server:
         self._last_reconcile = time.monotonic()
         self._retry_at: float | None = None  # a lookup failed: reconcile again at this time
         self._sign: asyncio.TimerHandle | None = None  # a pending quick check after a sign
-        self._signs: set[PromptState | None] = set()  # what the signs were about
+        self._signs: set[tuple[PromptState, int] | None] = set()  # the jobs (and runs) signs were about
         self._meta: Any = None  # the last history entry's `meta`, shared by equal ones
 
     async def start(self) -> None:
@@ -223,7 +223,7 @@ class Server:
     def _on_sign(self, state: PromptState | None) -> None:
         """One of ours probably ended without its final message: ask the server unless that
         message arrives within ``sign_delay`` (it normally follows at once)."""
-        self._signs.add(state)
+        self._signs.add(None if state is None else (state, state.attempts))
         if self._sign is None and not self._closed:
             self._sign = asyncio.get_running_loop().call_later(self.settings.sign_delay, self._signed)
 
@@ -231,12 +231,19 @@ class Server:
         self._sign = None
         signs, self._signs = self._signs, set()
         look_up = []
-        for state in signs:
-            if state is None:  # the queue emptied: every job of ours there must have ended
+        for sign in signs:
+            if sign is None:  # the queue emptied: every job of ours there must have ended
                 if any(s.accepted and not s.completed and not s.posting for s in self.tracker.unfinished()):
                     self.request_reconcile()
                     return
-            elif not state.completed and not state.done and self.holds(state):
+                continue
+            state, attempts = sign
+            # about the same run still (a rerun under the same prompt_id would find the old history)
+            if (
+                state.attempts == attempts
+                and not (state.completed or state.done or state.posting)
+                and self.holds(state)
+            ):
                 look_up.append(state)
         for state in look_up:
             if self.transport.jobs_api:  # it tells running from unknown: ask about this one job alone
