@@ -236,7 +236,8 @@ class CloudRoutes(_Routes):
         return web.json_response(payload, status=status)
 
     async def post_queue(self, request: web.Request) -> web.Response:
-        body, engine = await request.json(), self.sim.engine
+        engine = self.sim.engine  # the one serving when the request came in (a restart may follow)
+        body = await request.json()
         deleted = engine.clear_queue() if body.get("clear") else []
         deleted += engine.delete(body.get("delete", []))
         return web.json_response({"deleted": deleted, "cleared": bool(body.get("clear"))})

@@ -201,9 +201,25 @@ class _Routes:
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self.sim.engine.remaining()}})
 
+    async def _json(self, request: web.Request, default: Any = None) -> tuple[Any, Any]:
+        """The request's JSON body (``default`` if it is not JSON and one is given), and the engine
+        that was serving when the request came in. A restart while the body was read ends the
+        request there: in a real restart the process that took it is gone, so what it asked for
+        must not reach the fresh one."""
+        engine = self.sim.engine
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            if default is None:
+                raise
+            body = default
+        if engine is not self.sim.engine:
+            raise web.HTTPServiceUnavailable(text="the server restarted while this request was read")
+        return body, engine
+
     async def post_prompt(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        status, payload = self.sim.engine.submit(body)
+        body, engine = await self._json(request)
+        status, payload = engine.submit(body)
         return web.json_response(payload, status=status)
 
     async def get_queue(self, request: web.Request) -> web.Response:
@@ -211,7 +227,7 @@ class _Routes:
         return web.json_response({"queue_running": running, "queue_pending": pending})
 
     async def post_queue(self, request: web.Request) -> web.Response:
-        body, engine = await request.json(), self.sim.engine
+        body, engine = await self._json(request)
         if body.get("clear"):
             engine.clear_queue()
         if "delete" in body:
@@ -219,16 +235,13 @@ class _Routes:
         return web.Response()
 
     async def interrupt(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            body = {}
-        self.sim.engine.interrupt(body.get("prompt_id"))
+        body, engine = await self._json(request, default={})
+        engine.interrupt(body.get("prompt_id"))
         return web.Response()
 
     async def free(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.sim.engine.free(bool(body.get("free_memory", False)))
+        body, engine = await self._json(request)
+        engine.free(bool(body.get("free_memory", False)))
         return web.Response()
 
     # -- history and jobs ----------------------------------------------------------------------
@@ -251,7 +264,8 @@ class _Routes:
         return web.json_response({prompt_id: entry})
 
     async def post_history(self, request: web.Request) -> web.Response:
-        body, history = await request.json(), self.sim.engine.history
+        body, engine = await self._json(request)
+        history = engine.history
         if body.get("clear"):
             history.clear()
         for prompt_id in body.get("delete", []):
