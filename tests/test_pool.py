@@ -77,6 +77,17 @@ def seed_of(job) -> int:
     return read_params(job.result(WAIT).images[0].data)["seed"]
 
 
+def runs_everywhere(sims, prompt_id: str, victim) -> list[str]:
+    """Where a prompt ran, from the simulators' ledgers, timed from the victim's first outage."""
+    t0 = victim.ledger.outages[0].start if victim.ledger.outages else 0.0
+    return [
+        f"{'victim' if sim is victim else sim.url} lifetime {r.lifetime}: queued {(r.queued_at or 0) - t0:+.3f}, "
+        f"ran {r.started_at - t0:+.3f} .. {(r.ended_at or 0) - t0:+.3f}, {r.outcome}"
+        for sim in sims
+        for r in sim.ledger.runs_of(prompt_id)
+    ] + [f"victim {o.kind} {o.start - t0:+.3f} .. {(o.end or 0) - t0:+.3f}" for o in victim.ledger.outages]
+
+
 def in_background(fn, *args):
     thread = threading.Thread(target=fn, args=args, daemon=True)
     thread.start()
@@ -300,7 +311,10 @@ def test_server_killed_mid_sweep_jobs_finish_elsewhere_and_it_rejoins(start, con
     histories = {url: history(url) for url in urls}
     for job in sweep.jobs + later:
         found = [url for url, entries in histories.items() if job.prompt_id in entries]
-        assert found == [job.server] or (found == [] and job.server == victim.url and job not in later), job
+        assert found == [job.server] or (found == [] and job.server == victim.url and job not in later), (
+            job,
+            runs_everywhere(sims, job.prompt_id, victim),
+        )
 
 
 def test_cut_off_server_that_finished_the_jobs_keeps_them_and_nothing_runs_twice(start, connect):
