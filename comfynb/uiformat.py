@@ -1,0 +1,486 @@
+"""UI-format workflows (what ComfyUI saves) -> API-format prompts (what ``POST /prompt`` takes).
+
+Most people have the workflow ComfyUI saved, a template, or an image that carries one, not an
+"Export (API)" file. This module converts such a workflow the way ComfyUI's own frontend does
+(``graphToPrompt`` of comfyui-frontend-package 1.35), driven by the server's ``/object_info``,
+which says which inputs are widgets and in which order their values are stored:
+
+- ``widgets_values`` (a list, or a dict by name for some custom nodes) are mapped onto the widget
+  inputs in ``input_order``; the ``control_after_generate`` value that follows seed-like widgets and
+  the ``upload`` value of LoadImage-like nodes are stored in the file but are not inputs;
+- links ``[id, from_node, from_slot, to_node, to_slot, type]`` become ``[node_id, slot]``; a link
+  into a widget input replaces the widget's value;
+- muted nodes (mode 2) are dropped with every input linked to them; bypassed nodes (mode 4) are
+  dropped and each consumer is wired to the bypassed node's input of the matching type;
+- ``PrimitiveNode`` values are written into the widgets they feed; ``Reroute`` is followed;
+  ``Note`` and ``MarkdownNote`` vanish;
+- subgraphs (``definitions.subgraphs``) are flattened, inner nodes getting ids like ``"18:17:3"``;
+- list values are wrapped as ``{"__value__": [...]}``; ``_meta.title`` is the node's title.
+
+The reference data in the repository's tests (real frontend output for real templates) is the
+arbiter: where a rule here and the frontend disagree, the frontend is right.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import WorkflowError
+
+__all__ = ["is_ui_format", "ui_to_api", "widget_names"]
+
+MUTED, BYPASSED = 2, 4
+IO_INPUT, IO_OUTPUT = -10, -20  # the subgraph input and output nodes' ids inside a subgraph
+_VIRTUAL = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
+_NOTES = frozenset({"Note", "MarkdownNote"})
+# Types the frontend renames before it looks them up (legacy names still found in old files).
+RENAMED = {
+    "T2IAdapterLoader": "ControlNetLoader",
+    "ConditioningAverage ": "ConditioningAverage",
+    "SDV_img2vid_Conditioning": "SVD_img2vid_Conditioning",
+    "Load3DAnimation": "Load3D",
+    "Preview3DAnimation": "Preview3D",
+}
+# Titles from the frontend's English locale where it names a node unlike the server's display_name.
+_LOCALE_TITLES = {"FluxKontextMultiReferenceLatentMethod": "FluxKontextMultiReferenceLatentMethod"}
+# Widgets the frontend's own extensions add after the server's inputs: (name, sent as an input).
+_EXTRA_WIDGETS = {"SaveGLB": [("image", True)]}
+_WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+_UPLOADS = ("image_upload", "video_upload", "audio_upload", "file_upload", "animated_image_upload")
+_SEEDS = ("seed", "noise_seed")
+
+
+def is_ui_format(data: Any) -> bool:
+    """Whether ``data`` looks like a UI-format workflow (top-level ``nodes`` and ``links`` lists)."""
+    return isinstance(data, Mapping) and isinstance(data.get("nodes"), list)
+
+
+# -- widgets ------------------------------------------------------------------------------------
+
+
+def widget_names(info: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """The widgets the frontend gives a node of this ``/object_info`` entry, in order, as
+    ``(name, is_an_input)``: ``control_after_generate`` and ``upload`` widgets store a value in
+    ``widgets_values`` but are not sent."""
+    inputs = info.get("input") or {}
+    order = info.get("input_order") or {}
+    out: list[tuple[str, bool]] = []
+    for section in ("required", "optional"):
+        specs = inputs.get(section) or {}
+        for name in order.get(section) or list(specs):
+            spec = specs.get(name)
+            if not isinstance(spec, (list, tuple)) or not spec:
+                continue
+            kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+            if opts.get("forceInput"):
+                continue
+            is_combo = isinstance(kind, list) or kind == "COMBO"
+            if not (is_combo or kind in _WIDGET_TYPES):
+                continue
+            out.append((name, True))
+            control = opts.get("control_after_generate")
+            if control is None and kind == "INT":
+                control = name in _SEEDS
+            if control and (kind == "INT" or kind == "FLOAT" or is_combo):
+                out.append(("control_after_generate", False))
+            if is_combo and any(opts.get(u) for u in _UPLOADS):
+                out.append(("upload", False))
+    out.extend(_EXTRA_WIDGETS.get(info.get("name"), ()))
+    return out
+
+
+def _default(spec: Any) -> Any:
+    """The value a new widget of this input spec starts with (used when a file stores too few values)."""
+    if spec is None:
+        return ""
+    kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(kind, list):
+        return kind[0] if kind else None
+    if kind == "COMBO":
+        options = opts.get("options") or []
+        return options[0] if options else None
+    return {"INT": 0, "FLOAT": 0, "STRING": "", "BOOLEAN": False}.get(kind)
+
+
+def _spec(info: Mapping, name: str) -> Any:
+    inputs = info.get("input") or {}
+    for section in ("required", "optional"):
+        spec = (inputs.get(section) or {}).get(name)
+        if spec is not None:
+            return spec
+    return None
+
+
+# -- the graph model ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Link:
+    origin_id: int
+    origin_slot: int
+    target_id: int
+    target_slot: int
+    type: Any
+
+
+@dataclass
+class _Graph:
+    """One level: the root workflow or a subgraph definition."""
+
+    nodes: dict[int, dict]
+    links: dict[int, _Link]
+    definition: dict | None = None  # the subgraph definition, for inner graphs
+
+
+@dataclass
+class _Dto:
+    """One node as the frontend's ExecutableNodeDTO sees it: its graph, path and inputs."""
+
+    node: dict
+    graph: _Graph
+    path: tuple  # ids of the subgraph instances that contain it
+    instance: _Dto | None  # the subgraph instance node that contains it
+    type: str
+    inputs: list[dict]
+    outputs: list[dict]
+    widgets: dict[str, Any] = field(default_factory=dict)  # name -> value (serialised widgets only)
+    widget_order: list[str] = field(default_factory=list)
+    subgraph: _Graph | None = None  # for subgraph instance nodes
+
+    @property
+    def id(self) -> str:
+        return ":".join(str(p) for p in (*self.path, self.node["id"]))
+
+    @property
+    def mode(self) -> int:
+        return self.node.get("mode") or 0
+
+
+def _links(raw: Any) -> dict[int, _Link]:
+    out: dict[int, _Link] = {}
+    for link in raw or ():
+        if isinstance(link, Mapping):
+            lid = link.get("id")
+            values = (link.get("origin_id"), link.get("origin_slot"), link.get("target_id"), link.get("target_slot"))
+            kind = link.get("type")
+        elif isinstance(link, (list, tuple)) and len(link) >= 5:
+            lid, values, kind = link[0], tuple(link[1:5]), link[5] if len(link) > 5 else None
+        else:
+            continue
+        if lid is not None:
+            out[lid] = _Link(*values, kind)
+    return out
+
+
+def _graph(data: Mapping, definition: dict | None = None) -> _Graph:
+    nodes: dict[int, dict] = {}
+    for node in data.get("nodes") or ():
+        if not isinstance(node, Mapping) or "id" not in node or "type" not in node:
+            raise WorkflowError(f"a node of the UI workflow has no 'id' or 'type': {str(node)[:80]}")
+        nodes[node["id"]] = node
+    return _Graph(nodes, _links(data.get("links")), definition)
+
+
+# -- conversion -------------------------------------------------------------------------------
+
+
+class _Converter:
+    def __init__(self, ui: Mapping, object_info: Mapping[str, Any]):
+        self.info = object_info
+        subgraphs = ((ui.get("definitions") or {}).get("subgraphs")) or []
+        self.definitions = {sg["id"]: sg for sg in subgraphs if isinstance(sg, Mapping) and "id" in sg}
+        self.graphs: dict[str, _Graph] = {}
+        self.root = _graph(ui)
+        self.dtos: dict[str, _Dto] = {}
+
+    # building ------------------------------------------------------------------------------
+
+    def subgraph(self, sid: str) -> _Graph:
+        if sid not in self.graphs:
+            self.graphs[sid] = _graph(self.definitions[sid], self.definitions[sid])
+        return self.graphs[sid]
+
+    def check_types(self) -> None:
+        """Every node type must be known to the server, a virtual node, or a subgraph."""
+        missing: dict[str, list[str]] = {}
+
+        def walk(graph: _Graph, path: tuple, stack: tuple) -> None:
+            for node in graph.nodes.values():
+                kind = RENAMED.get(node["type"], node["type"])
+                where = ":".join(str(p) for p in (*path, node["id"]))
+                if kind in self.definitions:
+                    if kind in stack:
+                        raise WorkflowError(f"subgraph {kind} contains itself (node {where}); the workflow is broken")
+                    walk(self.subgraph(kind), (*path, node["id"]), (*stack, kind))
+                elif kind not in _VIRTUAL and kind not in self.info:
+                    missing.setdefault(kind, []).append(where)
+
+        walk(self.root, (), ())
+        if missing:
+            lines = []
+            for kind, where in missing.items():
+                close = difflib.get_close_matches(kind, list(self.info), n=3, cutoff=0.7)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                lines.append(f"  {kind} (node {', '.join(where[:5])}{' ...' if len(where) > 5 else ''}){hint}")
+            raise WorkflowError(
+                f"the workflow uses {len(missing)} node type(s) this server does not have:\n"
+                + "\n".join(lines)
+                + "\nInstall the custom nodes that provide them (e.g. with ComfyUI-Manager), or remove those nodes."
+            )
+
+    def build(self, graph: _Graph, path: tuple, instance: _Dto | None) -> None:
+        for node in graph.nodes.values():
+            kind = RENAMED.get(node["type"], node["type"])
+            dto = _Dto(
+                node, graph, path, instance, kind, list(node.get("inputs") or ()), list(node.get("outputs") or ())
+            )
+            if kind in self.definitions:
+                dto.subgraph = self.subgraph(kind)
+                dto.inputs = self.instance_inputs(node, dto.subgraph)
+                self.build(dto.subgraph, (*path, node["id"]), dto)
+                dto.widgets = self.promoted_widgets(node, dto.subgraph)
+            elif kind in self.info:
+                self.fill_widgets(dto)
+            self.dtos[dto.id] = dto
+
+    def fill_widgets(self, dto: _Dto) -> None:
+        info = self.info[dto.type]
+        names = widget_names(info)
+        values = dto.node.get("widgets_values")
+        for i, (name, sent) in enumerate(names):
+            if not sent:
+                continue
+            if isinstance(values, Mapping):
+                value = values[name] if name in values else _default(_spec(info, name))
+            elif isinstance(values, list) and i < len(values):
+                value = values[i]
+            else:
+                value = _default(_spec(info, name))
+            dto.widgets[name] = value
+            dto.widget_order.append(name)
+
+    def instance_inputs(self, node: Mapping, sub: _Graph) -> list[dict]:
+        """A subgraph instance's inputs are its definition's; the file says which are linked."""
+        saved = {i.get("name"): i for i in node.get("inputs") or () if isinstance(i, Mapping)}
+        out = []
+        for spec in sub.definition.get("inputs") or ():
+            mine = saved.get(spec.get("name"))
+            out.append({"name": spec.get("name"), "type": spec.get("type"), "link": (mine or {}).get("link")})
+        return out
+
+    def promoted_widgets(self, node: Mapping, sub: _Graph) -> dict[str, Any]:
+        """Values of the widgets a subgraph instance shows for inputs that feed inner widgets,
+        keyed by the subgraph input's name.
+
+        The instance's ``widgets_values`` follow ``properties.proxyWidgets`` where it is given
+        (``["-1", input name]`` for an input's widget; other entries show inner widgets, whose
+        values stay the inner node's), else the definition's inputs that feed a widget.
+        """
+        values = node.get("widgets_values")
+        values = values if isinstance(values, list) else []
+        specs = {spec.get("name"): spec for spec in sub.definition.get("inputs") or ()}
+        proxies = (node.get("properties") or {}).get("proxyWidgets")
+        if isinstance(proxies, list):
+            order = [p[1] if isinstance(p, list) and len(p) == 2 and str(p[0]) == "-1" else None for p in proxies]
+        else:
+            order = [name for name, spec in specs.items() if self.inner_widget(sub, spec) is not None]
+        out: dict[str, Any] = {}
+        for k, name in enumerate(order):
+            if name is None or name not in specs:
+                continue
+            inner = self.inner_widget(sub, specs[name])
+            if inner is None:
+                continue
+            out[name] = values[k] if k < len(values) and values[k] is not None else inner
+        return out
+
+    def inner_widget(self, sub: _Graph, spec: Mapping) -> Any:
+        """The value of the first inner widget that a subgraph input feeds, or None if it feeds none."""
+        for lid in spec.get("linkIds") or ():
+            link = sub.links.get(lid)
+            if link is None:
+                continue
+            node = sub.nodes.get(link.target_id)
+            if node is None:
+                continue
+            inputs = node.get("inputs") or ()
+            if link.target_slot < len(inputs) and inputs[link.target_slot].get("widget"):
+                name = inputs[link.target_slot]["widget"].get("name")
+                path_dto = next((d for d in self.dtos.values() if d.node is node), None)
+                if path_dto is not None and name in path_dto.widgets:
+                    return path_dto.widgets[name]
+                return _Missing
+        return None
+
+    def apply_primitives(self) -> None:
+        """PrimitiveNode.applyToGraph: its value goes into every widget it feeds."""
+        for dto in list(self.dtos.values()):
+            if dto.type != "PrimitiveNode":
+                continue
+            values = dto.node.get("widgets_values")
+            if not isinstance(values, list) or not values:
+                continue
+            for out in dto.outputs:
+                for lid in out.get("links") or ():
+                    link = dto.graph.links.get(lid)
+                    target = None if link is None else dto.graph.nodes.get(link.target_id)
+                    if target is None:
+                        continue
+                    tdto = self.dtos.get(":".join(str(p) for p in (*dto.path, target["id"])))
+                    inputs = target.get("inputs") or ()
+                    if tdto is None or link.target_slot >= len(inputs):
+                        continue
+                    widget = inputs[link.target_slot].get("widget") or {}
+                    name = widget.get("name")
+                    if name in tdto.widgets:
+                        tdto.widgets[name] = values[0]
+
+    # resolving links --------------------------------------------------------------------------
+
+    def resolve_input(self, dto: _Dto, slot: int, visited: set, kind: Any = None) -> tuple | None:
+        key = (id(dto.graph), dto.node["id"], "I", slot, dto.path)
+        if key in visited:
+            raise WorkflowError(f"node {dto.id}: its links go round in a circle; the workflow cannot be converted")
+        visited.add(key)
+        if slot >= len(dto.inputs):
+            return None
+        inp = dto.inputs[slot]
+        lid = inp.get("link")
+        if lid is None:
+            return None
+        link = dto.graph.links.get(lid)
+        if link is None:  # a dangling link id: the frontend logs it and goes on
+            return None
+        if dto.instance is not None and link.origin_id == IO_INPUT:
+            outer = dto.instance
+            if link.origin_slot >= len(outer.inputs):
+                return None
+            if outer.inputs[link.origin_slot].get("link") is None:
+                name = outer.inputs[link.origin_slot].get("name")
+                if name in outer.widgets and outer.widgets[name] is not _Missing:
+                    return ("value", outer.widgets[name])
+                return None
+            return self.resolve_input(outer, link.origin_slot, visited)
+        source = dto.graph.nodes.get(link.origin_id)
+        if source is None:
+            return None
+        sdto = self.dtos.get(":".join(str(p) for p in (*dto.path, source["id"])))
+        if sdto is None:
+            return None
+        return self.resolve_output(sdto, link.origin_slot, kind if kind is not None else inp.get("type"), visited)
+
+    def resolve_output(self, dto: _Dto, slot: int, kind: Any, visited: set) -> tuple | None:
+        key = (id(dto.graph), dto.node["id"], "O", slot, dto.path)
+        if key in visited:
+            raise WorkflowError(f"node {dto.id}: its links go round in a circle; the workflow cannot be converted")
+        visited.add(key)
+        if dto.mode == BYPASSED:
+            index = self.bypass_slot(dto, slot, kind)
+            if index < 0:
+                return None
+            return self.resolve_input(dto, index, visited)
+        if dto.subgraph is not None:
+            outputs = dto.subgraph.definition.get("outputs") or ()
+            if slot >= len(outputs):
+                return None
+            for lid in outputs[slot].get("linkIds") or ():
+                link = dto.subgraph.links.get(lid)
+                if link is None:
+                    continue
+                inner = self.dtos.get(":".join(str(p) for p in (*dto.path, dto.node["id"], link.origin_id)))
+                if inner is None:
+                    return None
+                return self.resolve_output(inner, link.origin_slot, kind, visited)
+            return None
+        if dto.type in _VIRTUAL:
+            if slot < len(dto.inputs):
+                return self.resolve_input(dto, slot, visited, kind)
+            return None
+        return ("link", dto.id, slot)
+
+    def bypass_slot(self, dto: _Dto, slot: int, kind: Any) -> int:
+        inputs = dto.inputs
+        if kind in ("*", "", None):
+            return slot if len(inputs) > slot else 0
+        out_type = dto.outputs[slot].get("type") if slot < len(dto.outputs) else None
+        if slot < len(inputs):
+            opposite = inputs[slot].get("type")
+            if _valid(opposite, out_type) and _valid(opposite, kind):
+                return slot
+        for i, inp in enumerate(inputs):
+            if inp.get("type") == kind:
+                return i
+        for i, inp in enumerate(inputs):
+            if _valid(inp.get("type"), out_type) and _valid(inp.get("type"), kind):
+                return i
+        return -1
+
+    # output -------------------------------------------------------------------------------------
+
+    def convert(self) -> dict:
+        self.check_types()
+        self.build(self.root, (), None)
+        self.apply_primitives()
+        output: dict[str, dict] = {}
+        for dto in self.dtos.values():
+            if dto.subgraph is not None or dto.type in _VIRTUAL or dto.mode in (MUTED, BYPASSED):
+                continue
+            inputs: dict[str, Any] = {}
+            for name in dto.widget_order:
+                inputs[name] = _wrap(dto.widgets[name])
+            for slot, inp in enumerate(dto.inputs):
+                resolved = self.resolve_input(dto, slot, set())
+                if resolved is None:
+                    continue
+                if resolved[0] == "value":
+                    inputs[inp.get("name")] = _wrap(resolved[1])
+                else:
+                    inputs[inp.get("name")] = [resolved[1], resolved[2]]
+            title = dto.node.get("title")
+            if title is None:
+                info = self.info[dto.type]
+                title = _LOCALE_TITLES.get(dto.type) or info.get("display_name") or info.get("name") or dto.type
+            output[dto.id] = {"inputs": inputs, "class_type": dto.type, "_meta": {"title": title}}
+        for node in output.values():
+            for name, value in list(node["inputs"].items()):
+                if isinstance(value, list) and len(value) == 2 and value[0] not in output:
+                    del node["inputs"][name]
+        return output
+
+
+class _MissingType:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_Missing = _MissingType()
+
+
+def _valid(a: Any, b: Any) -> bool:
+    """LiteGraph.isValidConnection: wildcards, equal types, or comma-separated lists that share one."""
+    if a in ("", "*", None, 0) or b in ("", "*", None, 0) or a == b:
+        return True
+    a, b = str(a).lower(), str(b).lower()
+    if "," not in a and "," not in b:
+        return a == b
+    return bool({t.strip() for t in a.split(",")} & {t.strip() for t in b.split(",")})
+
+
+def _wrap(value: Any) -> Any:
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict:
+    """The API-format prompt ComfyUI's frontend makes of the UI-format workflow ``ui``.
+
+    ``object_info`` is the server's ``GET /object_info``. Raises WorkflowError naming node types
+    the server lacks (with close matches) and links that cannot be resolved.
+    """
+    if not is_ui_format(ui):
+        raise WorkflowError("not a UI-format workflow: it has no 'nodes' list")
+    return _Converter(ui, object_info).convert()

@@ -1,0 +1,166 @@
+"""UI-format -> API-format conversion: exactly the prompts ComfyUI's frontend made, and clear refusals."""
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from comfynb.errors import WorkflowError
+from comfynb.uiformat import ui_to_api, widget_names
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OBJECT_INFO = json.loads((FIXTURES / "object_info_0.8.0.json").read_text())
+_SHARED = [Path(__file__).resolve().parents[2] / "shared" / "ui-workflows", Path("/work/shared/ui-workflows")]
+SHARED = next((p for p in _SHARED if (p / "ui").is_dir()), None)
+REFERENCES = sorted(p.stem for p in (SHARED / "ui").glob("*.json")) if SHARED else []
+TEMPLATE_PACKAGES = [
+    "comfyui_workflow_templates_media_image",
+    "comfyui_workflow_templates_media_video",
+    "comfyui_workflow_templates_media_other",
+]
+
+
+def canonical(prompt: dict) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+@pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+@pytest.mark.parametrize("name", REFERENCES)
+def test_reference_workflows_convert_exactly_as_the_frontend_does(name):
+    ui = json.loads((SHARED / "ui" / f"{name}.json").read_text())
+    ref = json.loads((SHARED / "ref" / f"{name}.api.json").read_text())
+    assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
+
+
+def test_reference_set_covers_the_hard_cases():
+    manifest = json.loads((SHARED / "manifest.json").read_text()) if SHARED else []
+    if not manifest:
+        pytest.skip("shared/ui-workflows not found")
+    for feature in ("uses_subgraphs", "bypassed_nodes", "primitive_nodes", "reroute_nodes", "note_nodes"):
+        assert any(entry[feature] for entry in manifest), feature
+
+
+def test_template_corpus_converts_or_fails_clearly(capsys):
+    """Every UI workflow in the template packages converts, or is refused naming what the server lacks."""
+    files = []
+    for name in TEMPLATE_PACKAGES:
+        module = importlib.import_module(name)  # the dev extra installs them
+        files += sorted((Path(module.__file__).parent / "templates").glob("*.json"))
+    converted, failures = 0, []
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and isinstance(data.get("nodes"), list)):
+            continue  # index files, not workflows
+        try:
+            prompt = ui_to_api(data, OBJECT_INFO)
+        except WorkflowError as exc:
+            assert "does not have" in str(exc), str(exc)
+            failures.append((path.stem, str(exc)))
+            continue
+        converted += 1
+        for nid, node in prompt.items():
+            assert node["class_type"] in OBJECT_INFO, (path.stem, nid)
+            for value in node["inputs"].values():
+                if isinstance(value, list):
+                    assert value[0] in prompt and isinstance(value[1], int), (path.stem, nid, value)
+    total = converted + len(failures)
+    with capsys.disabled():
+        print(f"\ntemplate corpus: {converted}/{total} converted ({converted / total:.0%}) against ComfyUI 0.8.0")
+        for stem, message in failures:
+            print(f"  {stem}: {message.splitlines()[0]} {' '.join(m.strip() for m in message.splitlines()[1:-1])}")
+    assert total > 100 and converted >= 98
+
+
+def test_widget_order_skips_control_and_upload_values():
+    assert widget_names(OBJECT_INFO["KSampler"])[:3] == [
+        ("seed", True),
+        ("control_after_generate", False),
+        ("steps", True),
+    ]
+    assert widget_names(OBJECT_INFO["LoadImage"]) == [("image", True), ("upload", False)]
+
+
+def node(nid, kind, inputs=(), outputs=(), values=None, mode=0, **extra):
+    return {
+        "id": nid,
+        "type": kind,
+        "mode": mode,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "widgets_values": values if values is not None else [],
+        **extra,
+    }
+
+
+def small_ui(mode=0):
+    """checkpoint -> LoRA (mode) -> KSampler, plus a note and a primitive feeding steps."""
+    return {
+        "nodes": [
+            node(
+                1,
+                "CheckpointLoaderSimple",
+                outputs=[{"name": "MODEL", "type": "MODEL", "links": [1]}],
+                values=["a.safetensors"],
+            ),
+            node(
+                2,
+                "LoraLoaderModelOnly",
+                inputs=[{"name": "model", "type": "MODEL", "link": 1}],
+                outputs=[{"name": "MODEL", "type": "MODEL", "links": [2]}],
+                values=["l.safetensors", 0.8],
+                mode=mode,
+            ),
+            node(
+                3,
+                "KSampler",
+                inputs=[
+                    {"name": "model", "type": "MODEL", "link": 2},
+                    {"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": 3},
+                ],
+                values=[5, "randomize", 20, 7.5, "euler", "normal", 1.0],
+                title="Sampler",
+            ),
+            node(4, "Note", values=["hello"]),
+            node(5, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [3]}], values=[33, "fixed"]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 5, 0, 3, 1, "INT"]],
+    }
+
+
+def test_small_workflow_bypass_mute_primitive_note():
+    plain = ui_to_api(small_ui(), OBJECT_INFO)
+    assert set(plain) == {"1", "2", "3"}
+    assert plain["3"]["inputs"]["model"] == ["2", 0]
+    assert plain["3"]["inputs"]["steps"] == 33 and plain["3"]["inputs"]["seed"] == 5
+    assert "control_after_generate" not in plain["3"]["inputs"]
+    assert plain["3"]["_meta"]["title"] == "Sampler" and plain["1"]["_meta"]["title"] == "Load Checkpoint"
+    bypassed = ui_to_api(small_ui(mode=4), OBJECT_INFO)
+    assert set(bypassed) == {"1", "3"} and bypassed["3"]["inputs"]["model"] == ["1", 0]
+    muted = ui_to_api(small_ui(mode=2), OBJECT_INFO)
+    assert set(muted) == {"1", "3"} and "model" not in muted["3"]["inputs"]
+
+
+def test_unknown_node_types_are_listed_with_close_matches():
+    ui = small_ui()
+    ui["nodes"][2]["type"] = "KSamplr"
+    ui["nodes"].append(node(9, "MyCustomThing"))
+    with pytest.raises(WorkflowError) as err:
+        ui_to_api(ui, OBJECT_INFO)
+    text = str(err.value)
+    assert "2 node type(s)" in text and "KSamplr (node 3)" in text and "did you mean KSampler" in text
+    assert "MyCustomThing (node 9)" in text
+
+
+def test_list_widget_values_are_wrapped():
+    info = {
+        "ListNode": {
+            "input": {"required": {"xs": ["STRING", {}]}},
+            "output": [],
+            "output_node": True,
+            "name": "ListNode",
+            "display_name": "List",
+        }
+    }
+    prompt = ui_to_api({"nodes": [node(1, "ListNode", values=[[1, 2]])], "links": []}, info)
+    assert prompt["1"]["inputs"]["xs"] == {"__value__": [1, 2]}
