@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _loop
+from . import _loop, checks
 from .errors import Cancelled, ComfyError, TagError, Timeout, WorkflowError
 from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, frame_from_rows, history_row
 from .journal import TERMINAL, Submission
@@ -401,7 +401,8 @@ class Sweep:
             try:
                 params = self.plan.row(i)
                 tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
-                self.session._send_held(job, self._prompt(params), tags)
+                ui = self.workflow.with_values(params).ui_workflow() if self.workflow.ui is not None else None
+                self.session._send_held(job, self._prompt(params), tags, ui)
             except Exception as exc:  # the row cannot be sent: neither can the ones after it
                 self._done.set_exception(exc)  # first: result() raises it, whatever ends next
                 self.session._settle_unsent(job._state, exc)
@@ -827,8 +828,10 @@ def start(
     tag: str | None = None,
     seeds: int | Iterable[int] | None = None,
     max_rows: int | None = MAX_ROWS,
+    check: bool = True,
 ) -> Sweep:
-    """Check the definition, upload its images, journal it, and start sending rows (see Session.sweep)."""
+    """Check the definition (and, with ``check``, every row against the server), upload its images,
+    journal it, and start sending rows (see Session.sweep)."""
     if tag is not None and not isinstance(tag, str):
         raise TagError(f"tag must be a string, not {type(tag).__name__}")
     wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
@@ -841,6 +844,7 @@ def start(
         upload=lambda images: _loop.run_sync(upload_everywhere(session, images)),
         max_rows=max_rows,
     )
+    checks.check_sweep(session, wf, plan, check=check)
     sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
     session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent
     if session.journal is not None:
