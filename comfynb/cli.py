@@ -104,10 +104,13 @@ def _sweep(
     concurrency: int,
     tag: str | None,
     server: str | None = None,
+    check: bool = True,
 ) -> int:
     """Run the sweep with a progress line, print the table, save everything under ``out``;
     ``server`` (a lasting one) is named in a hint for finding these results again."""
-    sweep = session.sweep(wf, grid=grid or None, rows=None if grid else [{}], concurrency=concurrency, tag=tag)
+    sweep = session.sweep(
+        wf, grid=grid or None, rows=None if grid else [{}], concurrency=concurrency, tag=tag, check=check
+    )
     try:
         frame = sweep.result()
     except KeyboardInterrupt:
@@ -188,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             tag=args.tag,
             server=args.server[0] if args.server and len(args.server) == 1 else None,
+            check=not args.no_check,
         )
 
 
@@ -331,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
         help="prompts on the server at once (default: %(default)s)",
     )
     p.add_argument("--tag", metavar="T", help="tag stored with each prompt, to find them with `comfynb history --tag`")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="send every prompt even if a value does not fit the server's /object_info (checked by default)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
 
     p = command(

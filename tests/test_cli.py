@@ -212,6 +212,7 @@ def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
         *SMALL,
         "--set",
         "4.ckpt_name=missing.safetensors",
+        "--no-check",
         "--out",
         str(tmp_path / "out"),
     )
@@ -219,6 +220,24 @@ def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
     assert "1 of 1 prompt(s) did not succeed" in done.stderr and "missing.safetensors" in done.stderr
     assert "Traceback" not in done.stderr
     assert pd.read_csv(tmp_path / "out" / "results.csv")["status"].tolist() == ["error"]
+
+
+def test_values_the_server_refuses_stop_the_run_before_any_prompt(server, workflow, tmp_path):
+    done = cli(
+        "run",
+        str(workflow),
+        "--server",
+        server,
+        *SMALL,
+        "--grid",
+        "4.ckpt_name=missing.safetensors",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "1 of 1 rows have values this server refuses; nothing was sent" in done.stderr
+    assert "'missing.safetensors' is not offered by the server" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # -- mistakes and failures -------------------------------------------------------------------------
