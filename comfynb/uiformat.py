@@ -161,7 +161,8 @@ class _Dto:
         return self.node.get("mode") or 0
 
 
-def _links(raw: Any) -> dict[int, _Link]:
+def _links(raw: Any, where: str) -> dict[int, _Link]:
+    """Links by id; two different links under one id make the workflow ambiguous, so it is refused."""
     out: dict[int, _Link] = {}
     for link in raw or ():
         if isinstance(link, Mapping):
@@ -172,8 +173,18 @@ def _links(raw: Any) -> dict[int, _Link]:
             lid, values, kind = link[0], tuple(link[1:5]), link[5] if len(link) > 5 else None
         else:
             continue
-        if lid is not None:
-            out[lid] = _Link(*values, kind)
+        if lid is None:
+            continue
+        link = _Link(*values, kind)
+        if lid in out and out[lid] != link:
+            first, second = out[lid], link
+            raise WorkflowError(
+                f"link {lid} {where} is ambiguous: it is listed twice, from node {first.origin_id} slot "
+                f"{first.origin_slot} to node {first.target_id} slot {first.target_slot}, and from node "
+                f"{second.origin_id} slot {second.origin_slot} to node {second.target_id} slot {second.target_slot}. "
+                "Open the workflow in ComfyUI, reconnect that input and save it again."
+            )
+        out[lid] = link
     return out
 
 
@@ -183,7 +194,8 @@ def _graph(data: Mapping, definition: dict | None = None) -> _Graph:
         if not isinstance(node, Mapping) or "id" not in node or "type" not in node:
             raise WorkflowError(f"a node of the UI workflow has no 'id' or 'type': {str(node)[:80]}")
         nodes[node["id"]] = node
-    return _Graph(nodes, _links(data.get("links")), definition)
+    where = f"in subgraph {definition.get('name') or definition.get('id')!r}" if definition else "in the workflow"
+    return _Graph(nodes, _links(data.get("links"), where), definition)
 
 
 # -- conversion -------------------------------------------------------------------------------
@@ -217,6 +229,11 @@ class _Converter:
                     if kind in stack:
                         raise WorkflowError(f"subgraph {kind} contains itself (node {where}); the workflow is broken")
                     walk(self.subgraph(kind), (*path, node["id"]), (*stack, kind))
+                elif kind.startswith(("workflow>", "workflow/")) and kind not in self.info:
+                    raise WorkflowError(
+                        f"node {where} is a legacy group node ({kind!r}), which comfynb does not convert: open the "
+                        "workflow in ComfyUI, right-click the group node, Convert to subgraph, and save it again"
+                    )
                 elif kind not in _VIRTUAL and kind not in self.info:
                     missing.setdefault(kind, []).append(where)
 

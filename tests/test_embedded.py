@@ -185,3 +185,27 @@ def _png(text: dict):
     for k, v in text.items():
         info.add_text(k, v)
     return info
+
+
+@pytest.mark.parametrize("fmt, codec", [("flac", "flac"), ("mp3", "libmp3lame"), ("ogg", "libopus")])
+def test_audio_container_tags_are_read(tmp_path, fmt, codec):
+    """ComfyUI's SaveAudio writes prompt and workflow as container tags; read them back."""
+    import av
+    import numpy as np
+
+    prompt = load_workflow("tiny")
+    path = tmp_path / f"a.{fmt}"
+    with av.open(str(path), "w", format=fmt) as out:
+        out.metadata.update({"prompt": json.dumps(prompt), "workflow": json.dumps({"nodes": [], "links": []})})
+        stream = out.add_stream(codec, rate=48000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 960), dtype=np.int16 if codec == "flac" else np.float32),
+            format="s16" if codec == "flac" else "flt",
+            layout="mono",
+        )
+        frame.sample_rate = 48000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    found = read_embedded(path)
+    assert found.prompt == prompt and found.workflow == {"nodes": [], "links": []}
+    assert cn.Workflow.load(path).to_api() == prompt

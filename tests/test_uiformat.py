@@ -164,3 +164,24 @@ def test_list_widget_values_are_wrapped():
     }
     prompt = ui_to_api({"nodes": [node(1, "ListNode", values=[[1, 2]])], "links": []}, info)
     assert prompt["1"]["inputs"]["xs"] == {"__value__": [1, 2]}
+
+
+def test_ambiguous_links_and_group_nodes_are_refused_clearly():
+    ui = small_ui()
+    ui["links"].append([2, 1, 0, 3, 0, "MODEL"])  # link 2 again, from another node
+    with pytest.raises(WorkflowError, match="link 2 in the workflow is ambiguous: it is listed twice"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = small_ui()
+    ui["links"].append([2, 2, 0, 3, 0, "MODEL"])  # an exact duplicate is harmless
+    assert ui_to_api(ui, OBJECT_INFO)["3"]["inputs"]["model"] == ["2", 0]
+    ui["nodes"].append(node(7, "workflow>My group"))
+    ui["extra"] = {"groupNodes": {"My group": {"nodes": [], "links": []}}}
+    with pytest.raises(WorkflowError, match="node 7 is a legacy group node .*Convert to subgraph"):
+        ui_to_api(ui, OBJECT_INFO)
+
+
+def test_dict_widget_values_map_by_name_and_missing_values_take_defaults():
+    ui = {"nodes": [node(1, "EmptyLatentImage", values={"height": 768, "width": 640})], "links": []}
+    assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 640, "height": 768, "batch_size": 1}
+    ui = {"nodes": [node(1, "EmptyLatentImage", values=[320])], "links": []}
+    assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 320, "height": 512, "batch_size": 1}
