@@ -875,10 +875,12 @@ def resume(session, sweep_id: str) -> Sweep:
     record = journal.sweep(sweep_id)
     if record is None:
         raise ComfyError(f"no sweep {sweep_id!r} in the journal {journal.path}")
+    wf, plan = Workflow.load(record.workflow), Plan.from_json(record.plan)
+    checks.check_sweep(session, wf, plan, check=False)  # bypass axes need the server's /object_info again
     sweep = Sweep(
         session,
-        Workflow.load(record.workflow),
-        Plan.from_json(record.plan),
+        wf,
+        plan,
         concurrency=record.concurrency,
         tag=record.tag,
         sweep_id=sweep_id,

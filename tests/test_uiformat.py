@@ -185,3 +185,20 @@ def test_dict_widget_values_map_by_name_and_missing_values_take_defaults():
     assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 640, "height": 768, "batch_size": 1}
     ui = {"nodes": [node(1, "EmptyLatentImage", values=[320])], "links": []}
     assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 320, "height": 512, "batch_size": 1}
+
+
+def test_modes_set_on_a_converted_workflow_show_in_its_ui_workflow():
+    from comfynb import Workflow
+
+    wf = Workflow.load(small_ui(), object_info=OBJECT_INFO)
+    assert wf.ui_workflow() is wf.ui
+    wf["LoraLoaderModelOnly@bypass"] = True
+    assert wf["LoraLoaderModelOnly@bypass"] is True and "2" not in wf.to_api()
+    assert wf.to_api()["3"]["inputs"]["model"] == ["1", 0]
+    shown = {n["id"]: n["mode"] for n in wf.ui_workflow()["nodes"]}
+    assert shown[2] == 4 and shown[1] == 0 and wf.ui["nodes"][1]["mode"] == 0  # the original is untouched
+    wf["LoraLoaderModelOnly@bypass"] = False
+    wf["1@mute"] = True
+    assert {n["id"]: n["mode"] for n in wf.ui_workflow()["nodes"]}[1] == 2
+    with pytest.raises(WorkflowError, match="takes True or False"):
+        wf["1@mute"] = "yes"
