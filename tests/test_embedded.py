@@ -209,3 +209,36 @@ def test_audio_container_tags_are_read(tmp_path, fmt, codec):
     found = read_embedded(path)
     assert found.prompt == prompt and found.workflow == {"nodes": [], "links": []}
     assert cn.Workflow.load(path).to_api() == prompt
+
+
+REFERENCES = sorted(p.name[: -len(".api.json")] for p in (SHARED / "ref").glob("*.api.json")) if SHARED else []
+
+
+@pytest.fixture(scope="module")
+def real_server():
+    """A simulator serving ComfyUI 0.8.0's /object_info, with the models and input files the references use."""
+    info = OBJECT_INFO
+    refs = {name: json.loads((SHARED / "ref" / f"{name}.api.json").read_text()) for name in REFERENCES}
+    for ref in refs.values():
+        info = with_models(info, ref)
+    with cn.Session.simulated(progress=False, object_info=info) as s:
+        folder = s.simulator.files.dirs["input"]
+        for ref in refs.values():
+            for node in ref.values():
+                if node["class_type"] == "LoadImage":
+                    Image.new("RGB", (64, 64), "white").save(folder / node["inputs"]["image"])
+                elif node["class_type"] == "LoadVideo":
+                    (folder / node["inputs"]["file"]).write_bytes(b"\x00")
+        yield s
+
+
+@pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+@pytest.mark.parametrize("name", REFERENCES)
+def test_every_reference_workflow_runs_on_the_simulator_serving_real_object_info(real_server, name):
+    ui = json.loads((SHARED / "ui" / f"{name}.json").read_text())
+    wf = cn.Workflow.load(ui, session=real_server).check(real_server)
+    result = real_server.submit(wf).result(timeout=60)
+    assert result.status == "success"
+    for image in result.images[:1]:
+        again = cn.Workflow.load(image.data, session=real_server)
+        assert again == wf and again.ui == ui

@@ -110,7 +110,7 @@ class Simulator:
         self.files = Files(self.root)
         self.nodes = all_nodes(self._checkpoint_names, self.files.dirs["input"])
         if self._object_info is not None:
-            self.nodes = served_nodes(self._object_info, self.nodes)
+            self.nodes = served_nodes(self._object_info, self.nodes, self.files.dirs["input"])
         if self.partner_nodes:
             self.nodes["PartnerTextSim"] = partner_node()
         self._fresh_state()
