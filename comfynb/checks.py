@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _loop
-from .errors import WorkflowError
+from .errors import ComfyError, ServerUnavailable, WorkflowError
 from .modes import MODES
 
 __all__ = ["ServerInfo", "check_prompt", "check_sweep", "server_info"]
@@ -44,7 +44,13 @@ def server_info(session: Any) -> ServerInfo:
 
 
 async def _fetch(session: Any) -> ServerInfo:
-    await session._ready()
+    try:
+        await session._ready()
+    except ComfyError as exc:
+        raise ServerUnavailable(
+            f"cannot read the server's /object_info to check the workflow: {exc}. When no server answers yet, "
+            "send with check=False (rows then wait for a server)"
+        ) from exc
     transport = session._pool.up()[0].transport
     info = await transport.object_info()
     stats = await transport.system_stats()

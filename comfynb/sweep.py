@@ -834,7 +834,11 @@ def start(
     journal it, and start sending rows (see Session.sweep)."""
     if tag is not None and not isinstance(tag, str):
         raise TagError(f"tag must be a string, not {type(tag).__name__}")
-    wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
+    wf = (
+        workflow.copy()
+        if isinstance(workflow, Workflow)
+        else Workflow.load(workflow, session=session if check else None)
+    )
     plan = make_plan(
         wf,
         grid=grid,

@@ -104,3 +104,24 @@ def test_workflow_key_completions_and_options(session):
         options["eulr"]
     with pytest.raises(WorkflowError, match="not a choice input"):
         wf.options("KSampler.steps")
+
+
+def test_a_sweep_with_no_server_up_says_how_to_queue_anyway():
+    wf = cn.Workflow.load(load_workflow("tiny"))
+    session = cn.Session("http://127.0.0.1:1", progress=False, retries=0)
+    try:
+        with pytest.raises(cn.ServerUnavailable, match="check=False"):
+            session.sweep(wf, grid={"EmptyImage.width": [64]})
+    finally:
+        session.close()
+
+
+def test_a_sweep_takes_a_ui_format_file(session, tmp_path):
+    from comfynb.sim.library import ui_workflow_path
+
+    df = session.sweep(
+        str(ui_workflow_path("default_txt2img")),
+        grid={"KSampler.steps": [2, 3], "EmptyLatentImage.width": [64]},
+        concurrency=2,
+    ).result(timeout=60)
+    assert list(df.status) == ["success", "success"]
