@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import WorkflowError
 
-__all__ = ["is_ui_format", "ui_to_api", "widget_names"]
+__all__ = ["is_ui_format", "ui_to_api", "widget_names", "widgets"]
 
 MUTED, BYPASSED = 2, 4
 IO_INPUT, IO_OUTPUT = -10, -20  # the subgraph input and output nodes' ids inside a subgraph
@@ -48,6 +48,7 @@ RENAMED = {
 _LOCALE_TITLES = {"FluxKontextMultiReferenceLatentMethod": "FluxKontextMultiReferenceLatentMethod"}
 # Widgets the frontend's own extensions add after the server's inputs: (name, sent as an input).
 _EXTRA_WIDGETS = {"SaveGLB": [("image", True)]}
+_DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 _WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 _UPLOADS = ("image_upload", "video_upload", "audio_upload", "file_upload", "animated_image_upload")
 _SEEDS = ("seed", "noise_seed")
@@ -61,42 +62,81 @@ def is_ui_format(data: Any) -> bool:
 # -- widgets ------------------------------------------------------------------------------------
 
 
-def widget_names(info: Mapping[str, Any]) -> list[tuple[str, bool]]:
-    """The widgets the frontend gives a node of this ``/object_info`` entry, in order, as
-    ``(name, is_an_input)``: ``control_after_generate`` and ``upload`` widgets store a value in
-    ``widgets_values`` but are not sent."""
-    inputs = info.get("input") or {}
-    order = info.get("input_order") or {}
-    out: list[tuple[str, bool]] = []
+def _entries(inputs: Mapping, order: Mapping | None = None) -> list[tuple[str, Any]]:
+    """(name, spec) of an ``input`` block, required then optional, in ``input_order`` where given."""
+    out = []
     for section in ("required", "optional"):
         specs = inputs.get(section) or {}
-        for name in order.get(section) or list(specs):
+        for name in (order or {}).get(section) or list(specs):
             spec = specs.get(name)
-            if not isinstance(spec, (list, tuple)) or not spec:
-                continue
-            kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+            if isinstance(spec, (list, tuple)) and spec:
+                out.append((name, spec))
+    return out
+
+
+def _opts(spec: Any) -> Mapping:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+
+
+def widgets(info: Mapping[str, Any], values: Any = None) -> list[tuple[str, bool, Any]]:
+    """The widgets the frontend gives a node of this ``/object_info`` entry, in order, with the
+    values stored in ``values`` (``widgets_values``: a list by position, or a dict by name; missing
+    ones take the input's default), as ``(name, is_an_input, value)``.
+
+    ``control_after_generate`` and ``upload`` widgets hold a stored value but are not inputs. A
+    dynamic combo (``COMFY_DYNAMICCOMBO_V3``) is followed by the widgets of the option it holds,
+    named ``"<combo>.<input>"``.
+    """
+    out: list[tuple[str, bool, Any]] = []
+
+    def take(name: str, spec: Any) -> Any:
+        pos = len(out)
+        if isinstance(values, Mapping):
+            return values[name] if name in values else _default(spec)
+        if isinstance(values, list) and pos < len(values):
+            return values[pos]
+        return _default(spec)
+
+    def walk(entries: list[tuple[str, Any]], prefix: str) -> None:
+        for name, spec in entries:
+            kind, opts, full = spec[0], _opts(spec), prefix + name
             if opts.get("forceInput"):
+                continue
+            if kind == _DYNAMIC_COMBO:
+                value = take(full, spec)
+                out.append((full, True, value))
+                chosen = next((o for o in opts.get("options") or () if o.get("key") == value), None)
+                if chosen is not None:
+                    walk(_entries(chosen.get("inputs") or {}), full + ".")
                 continue
             is_combo = isinstance(kind, list) or kind == "COMBO"
             if not (is_combo or kind in _WIDGET_TYPES):
                 continue
-            out.append((name, True))
+            out.append((full, True, take(full, spec)))
             control = opts.get("control_after_generate")
             if control is None and kind == "INT":
                 control = name in _SEEDS
-            if control and (kind == "INT" or kind == "FLOAT" or is_combo):
-                out.append(("control_after_generate", False))
+            if control and (kind in ("INT", "FLOAT") or is_combo):
+                out.append(("control_after_generate", False, take("control_after_generate", None)))
             if is_combo and any(opts.get(u) for u in _UPLOADS):
-                out.append(("upload", False))
-    out.extend(_EXTRA_WIDGETS.get(info.get("name"), ()))
+                out.append(("upload", False, take("upload", None)))
+
+    walk(_entries(info.get("input") or {}, info.get("input_order")), "")
+    for name, sent in _EXTRA_WIDGETS.get(info.get("name"), ()):
+        out.append((name, sent, take(name, None)))
     return out
+
+
+def widget_names(info: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """``(name, is_an_input)`` of the widgets of a new node of this class (see :func:`widgets`)."""
+    return [(name, sent) for name, sent, _ in widgets(info)]
 
 
 def _default(spec: Any) -> Any:
     """The value a new widget of this input spec starts with (used when a file stores too few values)."""
     if spec is None:
         return ""
-    kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    kind, opts = spec[0], _opts(spec)
     if "default" in opts:
         return opts["default"]
     if isinstance(kind, list):
@@ -104,16 +144,10 @@ def _default(spec: Any) -> Any:
     if kind == "COMBO":
         options = opts.get("options") or []
         return options[0] if options else None
+    if kind == _DYNAMIC_COMBO:
+        options = opts.get("options") or []
+        return options[0].get("key") if options and isinstance(options[0], Mapping) else None
     return {"INT": 0, "FLOAT": 0, "STRING": "", "BOOLEAN": False}.get(kind)
-
-
-def _spec(info: Mapping, name: str) -> Any:
-    inputs = info.get("input") or {}
-    for section in ("required", "optional"):
-        spec = (inputs.get(section) or {}).get(name)
-        if spec is not None:
-            return spec
-    return None
 
 
 # -- the graph model ---------------------------------------------------------------------------
@@ -266,20 +300,10 @@ class _Converter:
             self.dtos[dto.id] = dto
 
     def fill_widgets(self, dto: _Dto) -> None:
-        info = self.info[dto.type]
-        names = widget_names(info)
-        values = dto.node.get("widgets_values")
-        for i, (name, sent) in enumerate(names):
-            if not sent:
-                continue
-            if isinstance(values, Mapping):
-                value = values[name] if name in values else _default(_spec(info, name))
-            elif isinstance(values, list) and i < len(values):
-                value = values[i]
-            else:
-                value = _default(_spec(info, name))
-            dto.widgets[name] = value
-            dto.widget_order.append(name)
+        for name, sent, value in widgets(self.info[dto.type], dto.node.get("widgets_values")):
+            if sent:
+                dto.widgets[name] = value
+                dto.widget_order.append(name)
 
     def instance_inputs(self, node: Mapping, sub: _Graph) -> list[dict]:
         """A subgraph instance's inputs are its definition's; the file says which are linked."""

@@ -202,3 +202,33 @@ def test_modes_set_on_a_converted_workflow_show_in_its_ui_workflow():
     assert {n["id"]: n["mode"] for n in wf.ui_workflow()["nodes"]}[1] == 2
     with pytest.raises(WorkflowError, match="takes True or False"):
         wf["1@mute"] = "yes"
+
+
+def test_dynamic_combo_widgets_follow_the_chosen_option():
+    ui = {
+        "nodes": [
+            node(1, "LoadImage", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}], values=["a.png", "image"]),
+            node(
+                2,
+                "ResizeImageMaskNode",
+                inputs=[{"name": "input", "type": "IMAGE,MASK", "link": 1}],
+                values=["scale dimensions", 1280, 720, "center", "lanczos"],
+            ),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+    }
+    assert ui_to_api(ui, OBJECT_INFO)["2"]["inputs"] == {
+        "resize_type": "scale dimensions",
+        "resize_type.width": 1280,
+        "resize_type.height": 720,
+        "resize_type.crop": "center",
+        "scale_method": "lanczos",
+        "input": ["1", 0],
+    }
+    ui["nodes"][1]["widgets_values"] = ["scale by multiplier", 2.0, "area"]
+    assert ui_to_api(ui, OBJECT_INFO)["2"]["inputs"] == {
+        "resize_type": "scale by multiplier",
+        "resize_type.multiplier": 2.0,
+        "scale_method": "area",
+        "input": ["1", 0],
+    }
