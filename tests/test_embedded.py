@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from ui_helpers import with_models
 
 import comfynb as cn
 from comfynb.embedded import read_embedded
@@ -18,23 +19,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OBJECT_INFO = json.loads((FIXTURES / "object_info_0.8.0.json").read_text())
 _SHARED = [Path(__file__).resolve().parents[2] / "shared" / "ui-workflows", Path("/work/shared/ui-workflows")]
 SHARED = next((p for p in _SHARED if (p / "ui").is_dir()), None)
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
-
-
-def with_models(object_info: dict, prompt: dict) -> dict:
-    """A copy of ``object_info`` whose loaders also list the model files ``prompt`` uses (a server that has them)."""
-    info = json.loads(json.dumps(object_info))
-    for node in prompt.values():
-        spec_of = info[node["class_type"]]["input"]
-        for name, value in node["inputs"].items():
-            if isinstance(value, str) and value.endswith(MODEL_SUFFIXES):
-                for section in ("required", "optional"):
-                    spec = (spec_of.get(section) or {}).get(name)
-                    if spec and isinstance(spec[0], list) and value not in spec[0]:
-                        spec[0].append(value)
-                    elif spec and spec[0] == "COMBO" and value not in spec[1]["options"]:
-                        spec[1]["options"].append(value)
-    return info
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,16 @@
 """UI-format -> API-format conversion: exactly the prompts ComfyUI's frontend made, and clear refusals."""
 
+import copy
 import importlib
 import json
 from pathlib import Path
 
 import pytest
+from ui_helpers import with_inputs
 
 from comfynb.errors import WorkflowError
+from comfynb.sim.served import served_nodes
+from comfynb.sim.validation import validate_prompt
 from comfynb.uiformat import ui_to_api, widget_names
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -47,7 +51,7 @@ def test_template_corpus_converts_or_fails_clearly(capsys):
     for name in TEMPLATE_PACKAGES:
         module = importlib.import_module(name)  # the dev extra installs them
         files += sorted((Path(module.__file__).parent / "templates").glob("*.json"))
-    converted, failures = 0, []
+    converted, failures, unconnected = 0, [], []
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not (isinstance(data, dict) and isinstance(data.get("nodes"), list)):
@@ -59,6 +63,14 @@ def test_template_corpus_converts_or_fails_clearly(capsys):
             failures.append((path.stem, str(exc)))
             continue
         converted += 1
+        _, _, _, node_errors = validate_prompt(
+            copy.deepcopy(prompt), served_nodes(with_inputs(OBJECT_INFO, prompt), {})
+        )
+        for nid, entry in node_errors.items():
+            for error in entry["errors"]:
+                # the only problem a real server would find: an input the template itself leaves unconnected
+                assert error["type"] == "required_input_missing", (path.stem, nid, error)
+                unconnected.append(f"{path.stem}: node {nid} ({entry['class_type']}) input {error['details']}")
         for nid, node in prompt.items():
             assert node["class_type"] in OBJECT_INFO, (path.stem, nid)
             for value in node["inputs"].values():
@@ -67,6 +79,10 @@ def test_template_corpus_converts_or_fails_clearly(capsys):
     total = converted + len(failures)
     with capsys.disabled():
         print(f"\ntemplate corpus: {converted}/{total} converted ({converted / total:.0%}) against ComfyUI 0.8.0")
+        print("  converted, and validated against ComfyUI 0.8.0's node definitions (models and inputs assumed present)")
+        for line in unconnected:
+            print(f"  {line}: left unconnected in the template, so the server refuses it as ComfyUI's frontend would")
+        print("  refused:")
         for stem, message in failures:
             print(f"  {stem}: {message.splitlines()[0]} {' '.join(m.strip() for m in message.splitlines()[1:-1])}")
     assert total > 100 and converted >= 98
