@@ -401,7 +401,9 @@ class Sweep:
             try:
                 params = self.plan.row(i)
                 tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
-                ui = self.workflow.with_values(params).ui_workflow() if self.workflow.ui is not None else None
+                ui = self.workflow.ui_workflow()
+                if ui is not None and any("@" in address for address in params):  # bypass/mute axes show in it
+                    ui = self.workflow.with_values(params).ui_workflow()
                 self.session._send_held(job, self._prompt(params), tags, ui)
             except Exception as exc:  # the row cannot be sent: neither can the ones after it
                 self._done.set_exception(exc)  # first: result() raises it, whatever ends next
