@@ -226,3 +226,63 @@ def test_every_reference_workflow_runs_on_the_simulator_serving_real_object_info
     for image in result.images[:1]:
         again = cn.Workflow.load(image.data, session=real_server)
         assert again == wf and again.ui == ui
+
+
+def chain_ui() -> dict:
+    """tiny_chain in UI format: EmptyImage -> ImageBlur -> ImageInvert -> ImageScale -> SaveImage."""
+
+    def link(lid, a, b, kind="IMAGE"):
+        return [lid, a, 0, b, 0, kind]
+
+    def out(lid):
+        return [{"name": "IMAGE", "type": "IMAGE", "links": [lid]}]
+
+    def inp(name, lid):
+        return [{"name": name, "type": "IMAGE", "link": lid}]
+
+    return {
+        "nodes": [
+            {"id": 1, "type": "EmptyImage", "mode": 0, "outputs": out(1), "widgets_values": [128, 128, 1, 255]},
+            {
+                "id": 2,
+                "type": "ImageBlur",
+                "mode": 0,
+                "inputs": inp("image", 1),
+                "outputs": out(2),
+                "widgets_values": [3, 1.0],
+            },
+            {
+                "id": 3,
+                "type": "ImageInvert",
+                "mode": 0,
+                "inputs": inp("image", 2),
+                "outputs": out(3),
+                "widgets_values": [],
+            },
+            {
+                "id": 4,
+                "type": "ImageScale",
+                "mode": 0,
+                "inputs": inp("image", 3),
+                "outputs": out(4),
+                "widgets_values": ["bilinear", 96, 96, "disabled"],
+            },
+            {"id": 5, "type": "SaveImage", "mode": 0, "inputs": inp("images", 4), "widgets_values": ["tiny_chain"]},
+        ],
+        "links": [link(1, 1, 2), link(2, 2, 3), link(3, 3, 4), link(4, 4, 5)],
+    }
+
+
+def test_each_sweep_row_file_carries_its_own_graph_and_row(session):
+    wf = cn.Workflow.load(chain_ui(), session=session)
+    assert set(wf) == {"1", "2", "3", "4", "5"} and wf["ImageScale.width"] == 96
+    sweep = session.sweep(wf, grid={"Invert Image@bypass": [False, True]}, tag="modes", concurrency=2)
+    sweep.result(timeout=60)
+    for i, job in enumerate(sweep.jobs):
+        found = read_embedded(first_output(session, job))
+        modes = {node["id"]: node["mode"] for node in found.workflow["nodes"]}
+        assert modes[3] == (4 if i else 0) and modes[2] == 0
+        assert found.extra["comfynb"]["params"] == {"Invert Image@bypass": bool(i)}
+        assert ("3" in found.prompt) is (not i)
+        # the file converts back to the prompt that made it, bypass included
+        assert cn.Workflow.load(found.workflow, session=session).to_api() == cn.Workflow.load(found.prompt).to_api()
