@@ -2,7 +2,10 @@
 
 A workflow is ComfyUI's API format (``Workflow > Export (API)``): ``{node_id: {"class_type",
 "inputs", "_meta": {"title"}}}``. It is checked when loaded, so a bad file fails here with the
-node and the fix named, not later as a server 400.
+node and the fix named, not later as a server 400. What users mostly have, a UI-format file or a
+picture or video ComfyUI made, is loaded too: UI format is converted as the frontend does
+(:mod:`comfynb.uiformat`), files are read for their embedded workflow (:mod:`comfynb.embedded`),
+and the UI workflow is kept (``wf.ui``) so outputs can carry it.
 
 Addresses are ``"<node>.<input>"``. ``<node>`` is, in this order of precedence:
 
@@ -15,6 +18,8 @@ titled "CLIP Text Encode (Prompt)" make that title ambiguous (the error lists ``
 ``"7.text"``) rather than falling back to the class. Titles come before classes because a
 title is a name the user chose. Because titles may contain dots, the longest known node name
 before a dot is taken (``"My.Sampler.seed"`` is input ``seed`` of node ``My.Sampler``).
+``"<node>@bypass"`` and ``"<node>@mute"`` (True or False) take a node out of the graph the way
+the frontend's Bypass and Mute do (:mod:`comfynb.modes`), so a sweep can compare with and without it.
 
 Values must be JSON (numpy scalars and arrays are converted). ComfyUI reads every list input
 as a link ``[node_id, output_index]``, so a list set as an input value is stored wrapped as
