@@ -232,6 +232,92 @@ def _graph(data: Mapping, definition: dict | None = None) -> _Graph:
     return _Graph(nodes, _links(data.get("links"), where), definition)
 
 
+# -- shape --------------------------------------------------------------------------------------
+
+
+def _bad(where: str, what: str, value: Any) -> WorkflowError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    return WorkflowError(
+        f"the UI workflow is damaged: {where} must be {what}, not {shown}. Open it in ComfyUI and save it again."
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_graph_shape(data: Mapping, where: str) -> None:
+    """The parts of a (sub)graph the conversion reads have the types ComfyUI writes."""
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list):
+        raise _bad(f"'nodes' {where}", "a list", nodes)
+    for node in nodes:
+        if not isinstance(node, Mapping):
+            raise _bad(f"a node {where}", "an object", node)
+        nid = node.get("id")
+        if not (_is_int(nid) or isinstance(nid, str)):
+            raise _bad(f"a node's 'id' {where}", "a number or a string", nid)
+        here = f"node {nid} {where}"
+        if not isinstance(node.get("type"), str):
+            raise _bad(f"the 'type' of {here}", "a string", node.get("type"))
+        if not _is_int(node.get("mode", 0) or 0):
+            raise _bad(f"the 'mode' of {here}", "a number", node.get("mode"))
+        if not isinstance(node.get("widgets_values"), (list, Mapping, type(None))):
+            raise _bad(f"the 'widgets_values' of {here}", "a list or an object", node.get("widgets_values"))
+        if not isinstance(node.get("properties") or {}, Mapping):
+            raise _bad(f"the 'properties' of {here}", "an object", node.get("properties"))
+        for key in ("inputs", "outputs"):
+            slots = node.get(key) or []
+            if not isinstance(slots, list) or not all(isinstance(slot, Mapping) for slot in slots):
+                raise _bad(f"the '{key}' of {here}", "a list of objects", slots)
+        for slot in node.get("inputs") or ():
+            if not (slot.get("link") is None or _is_int(slot.get("link"))):
+                raise _bad(f"an input's 'link' of {here}", "a link id (a number) or null", slot.get("link"))
+            if not isinstance(slot.get("name"), str):
+                raise _bad(f"an input's 'name' of {here}", "a string", slot.get("name"))
+        for slot in node.get("outputs") or ():
+            links = slot.get("links") or []
+            if not isinstance(links, list) or not all(_is_int(x) for x in links):
+                raise _bad(f"an output's 'links' of {here}", "a list of link ids", links)
+    links = data.get("links") or []
+    if not isinstance(links, list):
+        raise _bad(f"'links' {where}", "a list", links)
+    for link in links:
+        if isinstance(link, Mapping):
+            fields = [link.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot")]
+        elif isinstance(link, list) and len(link) >= 5:
+            fields = link[:5]
+        else:
+            raise _bad(f"a link {where}", "[id, from node, from slot, to node, to slot, type]", link)
+        ids_ok = all(_is_int(f) or isinstance(f, str) for f in (fields[1], fields[3]))
+        if not (_is_int(fields[0]) and ids_ok and _is_int(fields[2]) and _is_int(fields[4])):
+            raise _bad(f"link {fields[0]!r} {where}", "numbers (ids and slots)", link)
+
+
+def _check_shape(ui: Mapping) -> None:
+    _check_graph_shape(ui, "in the workflow")
+    definitions = ui.get("definitions") or {}
+    if not isinstance(definitions, Mapping):
+        raise _bad("'definitions'", "an object", definitions)
+    subgraphs = definitions.get("subgraphs") or []
+    if not isinstance(subgraphs, list):
+        raise _bad("'definitions.subgraphs'", "a list", subgraphs)
+    for sg in subgraphs:
+        if not isinstance(sg, Mapping) or not isinstance(sg.get("id"), str):
+            raise _bad("a subgraph definition", "an object with a string 'id'", sg)
+        where = f"in subgraph {sg.get('name') or sg['id']!r}"
+        _check_graph_shape(sg, where)
+        for key in ("inputs", "outputs"):
+            slots = sg.get(key) or []
+            if not isinstance(slots, list) or not all(isinstance(slot, Mapping) for slot in slots):
+                raise _bad(f"the '{key}' {where}", "a list of objects", slots)
+            for slot in slots:
+                ids = slot.get("linkIds") or []
+                if not isinstance(ids, list) or not all(_is_int(x) for x in ids):
+                    raise _bad(f"the 'linkIds' of {key[:-1]} {slot.get('name')!r} {where}", "a list of link ids", ids)
+
+
 # -- conversion -------------------------------------------------------------------------------
 
 
@@ -350,7 +436,7 @@ class _Converter:
             if node is None:
                 continue
             inputs = node.get("inputs") or ()
-            if link.target_slot < len(inputs) and inputs[link.target_slot].get("widget"):
+            if 0 <= link.target_slot < len(inputs) and inputs[link.target_slot].get("widget"):
                 name = inputs[link.target_slot]["widget"].get("name")
                 path_dto = next((d for d in self.dtos.values() if d.node is node), None)
                 if path_dto is not None and name in path_dto.widgets:
@@ -374,7 +460,7 @@ class _Converter:
                         continue
                     tdto = self.dtos.get(":".join(str(p) for p in (*dto.path, target["id"])))
                     inputs = target.get("inputs") or ()
-                    if tdto is None or link.target_slot >= len(inputs):
+                    if tdto is None or not 0 <= link.target_slot < len(inputs):
                         continue
                     widget = inputs[link.target_slot].get("widget") or {}
                     name = widget.get("name")
@@ -388,7 +474,7 @@ class _Converter:
         if key in visited:
             raise WorkflowError(f"node {dto.id}: its links go round in a circle; the workflow cannot be converted")
         visited.add(key)
-        if slot >= len(dto.inputs):
+        if not 0 <= slot < len(dto.inputs):
             return None
         inp = dto.inputs[slot]
         lid = inp.get("link")
@@ -399,7 +485,7 @@ class _Converter:
             return None
         if dto.instance is not None and link.origin_id == IO_INPUT:
             outer = dto.instance
-            if link.origin_slot >= len(outer.inputs):
+            if not 0 <= link.origin_slot < len(outer.inputs):
                 return None
             if outer.inputs[link.origin_slot].get("link") is None:
                 name = outer.inputs[link.origin_slot].get("name")
@@ -427,7 +513,7 @@ class _Converter:
             return self.resolve_input(dto, index, visited)
         if dto.subgraph is not None:
             outputs = dto.subgraph.definition.get("outputs") or ()
-            if slot >= len(outputs):
+            if not 0 <= slot < len(outputs):
                 return None
             for lid in outputs[slot].get("linkIds") or ():
                 link = dto.subgraph.links.get(lid)
@@ -439,7 +525,7 @@ class _Converter:
                 return self.resolve_output(inner, link.origin_slot, kind, visited)
             return None
         if dto.type in _VIRTUAL:
-            if slot < len(dto.inputs):
+            if 0 <= slot < len(dto.inputs):
                 return self.resolve_input(dto, slot, visited, kind)
             return None
         return ("link", dto.id, slot)
@@ -448,8 +534,8 @@ class _Converter:
         inputs = dto.inputs
         if kind in ("*", "", None):
             return slot if len(inputs) > slot else 0
-        out_type = dto.outputs[slot].get("type") if slot < len(dto.outputs) else None
-        if slot < len(inputs):
+        out_type = dto.outputs[slot].get("type") if 0 <= slot < len(dto.outputs) else None
+        if 0 <= slot < len(inputs):
             opposite = inputs[slot].get("type")
             if _valid(opposite, out_type) and _valid(opposite, kind):
                 return slot
@@ -464,7 +550,7 @@ class _Converter:
     # output -------------------------------------------------------------------------------------
 
     def convert(self) -> dict:
-        self.check_types()
+        self.check_types()  # the shape was checked before (see ui_to_api)
         self.build(self.root, (), None)
         self.apply_primitives()
         output: dict[str, dict] = {}
@@ -524,4 +610,5 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict:
     """
     if not is_ui_format(ui):
         raise WorkflowError("not a UI-format workflow: it has no 'nodes' list")
+    _check_shape(ui)
     return _Converter(ui, object_info).convert()

@@ -3,6 +3,7 @@
 import copy
 import importlib
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,8 @@ def test_template_corpus_converts_or_fails_clearly(capsys):
             failures.append((path.stem, str(exc)))
             continue
         converted += 1
-        _, _, _, node_errors = validate_prompt(
-            copy.deepcopy(prompt), served_nodes(with_inputs(OBJECT_INFO, prompt), {})
-        )
+        used = {c: OBJECT_INFO[c] for c in {n["class_type"] for n in prompt.values()}}
+        _, _, _, node_errors = validate_prompt(copy.deepcopy(prompt), served_nodes(with_inputs(used, prompt), {}))
         for nid, entry in node_errors.items():
             for error in entry["errors"]:
                 # the only problem a real server would find: an input the template itself leaves unconnected
@@ -248,3 +248,34 @@ def test_dynamic_combo_widgets_follow_the_chosen_option():
         "scale_method": "area",
         "input": ["1", 0],
     }
+
+
+@pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+def test_damaged_files_get_a_workflow_error_never_a_crash():
+    """Random damage to real workflows (values replaced or removed): converted, or a WorkflowError."""
+    rng = random.Random(20260)
+    originals = [json.loads((SHARED / "ui" / f"{name}.json").read_text()) for name in REFERENCES]
+    junk = [None, 1, -10, 3.5, True, "x", [], {}, [1], {"a": 1}]
+    refused = 0
+    for _ in range(600):
+        ui = copy.deepcopy(rng.choice(originals))
+        for _ in range(rng.randint(1, 3)):
+            parent, key, current = None, None, ui
+            for _ in range(rng.randint(1, 6)):
+                if not isinstance(current, (dict, list)) or not current:
+                    break
+                parent = current
+                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
+                current = current[key]
+            if parent is None:
+                continue
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[key]
+            else:
+                parent[key] = rng.choice(junk)
+        try:
+            ui_to_api(ui, OBJECT_INFO)
+        except WorkflowError as exc:
+            refused += 1
+            assert str(exc)
+    assert refused > 50  # the damage did reach the checks
