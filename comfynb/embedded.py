@@ -120,13 +120,17 @@ def read_embedded(source: str | os.PathLike | bytes, what: str | None = None) ->
         data, where = path.read_bytes(), what or f"'{path}'"
     head = data[:16]
     if head.startswith(_IMAGE_MAGIC):
-        kind, tags = "png", _from_png(data, where)
+        kind, read = "png", _from_png
     elif _is_webp(head):
-        kind, tags = "webp", _from_webp(data, where)
+        kind, read = "webp", _from_webp
     elif is_media(head):
-        kind, tags = "video/audio container", _from_container(data, where)
+        kind, read = "video/audio container", _from_container
     else:
         raise WorkflowError(f"{where} is not a PNG, WebP, MP4, WebM, FLAC, MP3 or Opus file")
+    try:
+        tags = read(data, where)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's ways of saying "damaged"
+        raise WorkflowError(f"{where} looks like a {kind} file but cannot be read: {exc}") from None
     prompt, workflow = tags.pop("prompt", None), tags.pop("workflow", None)
     if not isinstance(prompt, dict) and not isinstance(workflow, dict):
         raise WorkflowError(

@@ -286,3 +286,14 @@ def test_each_sweep_row_file_carries_its_own_graph_and_row(session):
         assert ("3" in found.prompt) is (not i)
         # the file converts back to the prompt that made it, bypass included
         assert cn.Workflow.load(found.workflow, session=session).to_api() == cn.Workflow.load(found.prompt).to_api()
+
+
+def test_damaged_files_are_refused_clearly(session):
+    data = first_output(session, session.submit(cn.Workflow.load(load_workflow("tiny"))))
+    for cut in (20, 60, len(data) // 2):
+        try:
+            cn.Workflow.load(data[:cut])
+        except WorkflowError as exc:
+            assert "PNG" in str(exc) or "png" in str(exc) or "workflow" in str(exc)
+    with pytest.raises(WorkflowError, match="looks like a png file but cannot be read"):
+        cn.Workflow.load(data[:40])
