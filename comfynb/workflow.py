@@ -219,7 +219,8 @@ class Workflow:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the API-format JSON, loadable here and by ComfyUI; returns the path."""
         path = Path(path)
-        path.write_text(json.dumps(self._graph, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        graph = self.to_api() if self._modes else self._graph  # bypassed and muted nodes taken out
+        path.write_text(json.dumps(graph, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
 
     @property
