@@ -60,7 +60,8 @@ async def _fetch(session: Any) -> ServerInfo:
 # -- one value ---------------------------------------------------------------------------------
 
 
-def _spec(info: Mapping, name: str) -> tuple[Any, dict, str] | None:
+def input_spec(info: Mapping, name: str) -> tuple[Any, Mapping, str] | None:
+    """(type, options, section) of an input of an /object_info entry, or None if it has no such input."""
     inputs = info.get("input") or {}
     for section in ("required", "optional"):
         spec = (inputs.get(section) or {}).get(name)
@@ -70,7 +71,8 @@ def _spec(info: Mapping, name: str) -> tuple[Any, dict, str] | None:
     return None
 
 
-def _options(kind: Any, opts: Mapping) -> list | None:
+def choices(kind: Any, opts: Mapping) -> list | None:
+    """The options a choice input offers (a list type, or COMBO's ``options``); None for other inputs."""
     if isinstance(kind, list):
         return kind
     if kind == "COMBO":
@@ -80,7 +82,7 @@ def _options(kind: Any, opts: Mapping) -> list | None:
 
 def check_value(kind: Any, opts: Mapping, value: Any, windows: bool = False) -> tuple[str | None, Any]:
     """(problem or None, value to send) for one literal value of an input of this spec."""
-    options = _options(kind, opts)
+    options = choices(kind, opts)
     if options is not None:
         if any(opts.get(u) for u in _UPLOADS):
             return None, value  # the server checks the file itself (it may have been uploaded just now)
@@ -153,7 +155,7 @@ def check_prompt(
             if name not in inputs:
                 problems.append(f"node {nid} ({cls}): required input '{name}' is missing")
         for name, value in inputs.items():
-            spec = _spec(info, name)
+            spec = input_spec(info, name)
             if spec is None:
                 continue
             kind, opts, _ = spec
@@ -225,7 +227,7 @@ def check_sweep(session: Any, wf: Any, plan: Any, *, check: bool = True) -> None
         if key not in verdicts:
             nid, name = wf.resolve(address)
             cls = graph[nid]["class_type"]
-            spec = None if name.startswith("@") else _spec(info.object_info.get(cls) or {}, name)
+            spec = None if name.startswith("@") else input_spec(info.object_info.get(cls) or {}, name)
             verdicts[key] = (None, value) if spec is None else check_value(spec[0], spec[1], value, windows)
         return verdicts[key]
 

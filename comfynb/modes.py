@@ -60,7 +60,7 @@ def apply_modes(graph: dict[str, dict], modes: Mapping[str, str], object_info: M
         if nid in seen:
             raise WorkflowError(f"bypassed node {nid} feeds itself; the graph has a cycle")
         node = graph[nid]
-        info = object_info.get(node["class_type"]) or {}
+        info = (object_info or {}).get(node["class_type"]) or {}
         outputs = info.get("output") or []
         out_type = outputs[slot] if slot < len(outputs) else "*"
         types = _types(info)
@@ -79,7 +79,9 @@ def apply_modes(graph: dict[str, dict], modes: Mapping[str, str], object_info: M
             choice = next(
                 (n for n in names if _fits(types.get(n, "*"), out_type) and _fits(types.get(n, "*"), kind)), None
             )
-        value = node["inputs"].get(choice) if choice is not None else None
+        if choice is None:
+            return None
+        value = node["inputs"].get(choice)
         if not _is_link(value):
             return None
         return through(value[0], value[1], types.get(choice), seen | {nid})

@@ -122,7 +122,7 @@ def widgets(info: Mapping[str, Any], values: Any = None) -> list[tuple[str, bool
                 out.append(("upload", False, take("upload", None)))
 
     walk(_entries(info.get("input") or {}, info.get("input_order")), "")
-    for name, sent in _EXTRA_WIDGETS.get(info.get("name"), ()):
+    for name, sent in _EXTRA_WIDGETS.get(str(info.get("name")), ()):
         out.append((name, sent, take(name, None)))
     return out
 
@@ -155,9 +155,9 @@ def _default(spec: Any) -> Any:
 
 @dataclass
 class _Link:
-    origin_id: int
+    origin_id: Any  # a node id: a number, or a string in some files
     origin_slot: int
-    target_id: int
+    target_id: Any
     target_slot: int
     type: Any
 
@@ -166,16 +166,16 @@ class _Link:
 class _Graph:
     """One level: the root workflow or a subgraph definition."""
 
-    nodes: dict[int, dict]
+    nodes: dict[Any, Mapping]
     links: dict[int, _Link]
-    definition: dict | None = None  # the subgraph definition, for inner graphs
+    definition: Mapping = field(default_factory=dict)  # the subgraph definition, for inner graphs
 
 
 @dataclass
 class _Dto:
     """One node as the frontend's ExecutableNodeDTO sees it: its graph, path and inputs."""
 
-    node: dict
+    node: Mapping
     graph: _Graph
     path: tuple  # ids of the subgraph instances that contain it
     instance: _Dto | None  # the subgraph instance node that contains it
@@ -201,7 +201,12 @@ def _links(raw: Any, where: str) -> dict[int, _Link]:
     for link in raw or ():
         if isinstance(link, Mapping):
             lid = link.get("id")
-            values = (link.get("origin_id"), link.get("origin_slot"), link.get("target_id"), link.get("target_slot"))
+            values: tuple[Any, ...] = (
+                link.get("origin_id"),
+                link.get("origin_slot"),
+                link.get("target_id"),
+                link.get("target_slot"),
+            )
             kind = link.get("type")
         elif isinstance(link, (list, tuple)) and len(link) >= 5:
             lid, values, kind = link[0], tuple(link[1:5]), link[5] if len(link) > 5 else None
@@ -209,7 +214,7 @@ def _links(raw: Any, where: str) -> dict[int, _Link]:
             continue
         if lid is None:
             continue
-        link = _Link(*values, kind)
+        link = _Link(values[0], values[1], values[2], values[3], kind)
         if lid in out and out[lid] != link:
             first, second = out[lid], link
             raise WorkflowError(
@@ -222,14 +227,14 @@ def _links(raw: Any, where: str) -> dict[int, _Link]:
     return out
 
 
-def _graph(data: Mapping, definition: dict | None = None) -> _Graph:
-    nodes: dict[int, dict] = {}
+def _graph(data: Mapping, definition: Mapping | None = None) -> _Graph:
+    nodes: dict[Any, Mapping] = {}
     for node in data.get("nodes") or ():
         if not isinstance(node, Mapping) or "id" not in node or "type" not in node:
             raise WorkflowError(f"a node of the UI workflow has no 'id' or 'type': {str(node)[:80]}")
         nodes[node["id"]] = node
     where = f"in subgraph {definition.get('name') or definition.get('id')!r}" if definition else "in the workflow"
-    return _Graph(nodes, _links(data.get("links"), where), definition)
+    return _Graph(nodes, _links(data.get("links"), where), definition or {})
 
 
 # -- shape --------------------------------------------------------------------------------------
@@ -455,7 +460,9 @@ class _Converter:
             for out in dto.outputs:
                 for lid in out.get("links") or ():
                     link = dto.graph.links.get(lid)
-                    target = None if link is None else dto.graph.nodes.get(link.target_id)
+                    if link is None:
+                        continue
+                    target = dto.graph.nodes.get(link.target_id)
                     if target is None:
                         continue
                     tdto = self.dtos.get(":".join(str(p) for p in (*dto.path, target["id"])))
@@ -565,9 +572,9 @@ class _Converter:
                 if resolved is None:
                     continue
                 if resolved[0] == "value":
-                    inputs[inp.get("name")] = _wrap(resolved[1])
+                    inputs[str(inp.get("name"))] = _wrap(resolved[1])
                 else:
-                    inputs[inp.get("name")] = [resolved[1], resolved[2]]
+                    inputs[str(inp.get("name"))] = [resolved[1], resolved[2]]
             title = dto.node.get("title")
             if title is None:
                 info = self.info[dto.type]

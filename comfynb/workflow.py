@@ -87,7 +87,8 @@ class Workflow:
     def __init__(self, graph: Mapping[str, Any]):
         self._graph = _checked_graph(graph, "the workflow")
         self._names = _Names(self._graph)
-        self.ui, self.object_info, self._modes = None, None, {}
+        self.ui, self.object_info = None, None
+        self._modes: dict[str, str] = {}  # node id -> "bypass" or "mute"
 
     @classmethod
     def _from_data(
@@ -365,17 +366,13 @@ class Workflow:
             raise WorkflowError(
                 f"'{address}': the server's options are unknown; load with Workflow.load(..., session=session)"
             )
-        from .capabilities import _options
+        from .checks import choices, input_spec
 
-        info = self.object_info.get(self._graph[nid]["class_type"]) or {}
-        for section in ("required", "optional"):
-            spec = ((info.get("input") or {}).get(section) or {}).get(name)
-            if spec is not None:
-                found = _options(spec)
-                if found is not None:
-                    raw = spec[0] if isinstance(spec[0], list) else spec[1].get("options") or []
-                    return Options(address, [o for o in raw if o in found])
-        raise WorkflowError(f"'{address}' is not a choice input on this server; it takes any value of its type")
+        spec = input_spec(self.object_info.get(self._graph[nid]["class_type"]) or {}, name)
+        offered = choices(spec[0], spec[1]) if spec is not None else None
+        if offered is None:
+            raise WorkflowError(f"'{address}' is not a choice input on this server; it takes any value of its type")
+        return Options(address, list(offered))
 
     def parameters(self) -> pd.DataFrame:
         """Every literal (not linked) input, one row each, with the shortest address that names it."""

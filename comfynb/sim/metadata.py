@@ -97,7 +97,7 @@ def save_video(
     width, height = (frames[0].width // 2) * 2, (frames[0].height // 2) * 2
     with av.open(str(path), "w", format=container, options=options) as out:
         out.metadata.update(container_tags(prompt, extra_pnginfo))
-        stream = out.add_stream(codec, rate=round(fps))
+        stream: Any = out.add_stream(codec, rate=round(fps))  # a VideoStream (PyAV types it as any stream)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in frames:
             rgb = np.asarray(frame.convert("RGB").resize((width, height)))

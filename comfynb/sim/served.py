@@ -80,7 +80,8 @@ def _generic(name: str, info: Mapping) -> NodeClass:
         ui = None
         images = _first(inputs, ImageBatch)
         if info.get("output_node") and images is not None:
-            prefix = inputs.get("filename_prefix") if isinstance(inputs.get("filename_prefix"), str) else name
+            given = inputs.get("filename_prefix")
+            prefix = given if isinstance(given, str) else name
             ui = {"images": _save_batch(ctx, images, prefix, "output")}
         return NodeResult(values, ui)
 
