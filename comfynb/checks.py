@@ -35,9 +35,10 @@ class ServerInfo:
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def server_info(session: Any) -> ServerInfo:
-    """The session's server's ``/object_info`` and OS, read once per session (from the first server up)."""
-    cached = _cache.get(session)
+def server_info(session: Any, *, fresh: bool = False) -> ServerInfo:
+    """The session's server's ``/object_info`` and OS (from the first server up), read once per session
+    unless ``fresh``: a check that finds problems reads it again, as models may have been added since."""
+    cached = None if fresh else _cache.get(session)
     if cached is None:
         cached = _cache[session] = _loop.run_sync(_fetch(session))
     return cached
@@ -189,9 +190,12 @@ def check_prompt(
 def check_workflow(wf: Any, session: Any = None, *, object_info: Mapping | None = None) -> Any:
     """Check ``wf`` against the server; normalise Windows model paths in place; raise listing every problem."""
     info = server_info(session) if object_info is None else ServerInfo(object_info, None)
+    problems, fixes = check_prompt(wf.to_api(), info.object_info, _windows(info))
+    if problems and object_info is None:
+        info = server_info(session, fresh=True)
+        problems, fixes = check_prompt(wf.to_api(), info.object_info, _windows(info))
     if wf.object_info is None:
         wf.object_info = info.object_info
-    problems, fixes = check_prompt(wf.to_api(), info.object_info, _windows(info))
     if problems:
         raise WorkflowError(
             f"the workflow does not fit this server ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
@@ -212,6 +216,15 @@ def check_sweep(session: Any, wf: Any, plan: Any, *, check: bool = True) -> None
         wf.object_info = info.object_info
     if not check:
         return
+    try:
+        verdict = _check_rows(wf, plan, info)
+    except WorkflowError:
+        verdict = _check_rows(wf, plan, server_info(session, fresh=True))
+    _normalise(plan, verdict)
+
+
+def _check_rows(wf: Any, plan: Any, info: ServerInfo) -> Any:
+    """Check the base graph once and every row's values; returns the per-value verdict function."""
     windows = _windows(info)
     swept = frozenset(wf.resolve(a) for a in plan.addresses)
     base, _ = check_prompt(wf.to_api(), info.object_info, windows, swept)
@@ -251,7 +264,7 @@ def check_sweep(session: Any, wf: Any, plan: Any, *, check: bool = True) -> None
             + "\n  ".join(bad)
             + more
         )
-    _normalise(plan, verdict)
+    return verdict
 
 
 def _normalise(plan: Any, verdict: Any) -> None:

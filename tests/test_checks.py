@@ -125,3 +125,16 @@ def test_a_sweep_takes_a_ui_format_file(session, tmp_path):
         concurrency=2,
     ).result(timeout=60)
     assert list(df.status) == ["success", "success"]
+
+
+def test_a_model_added_after_the_first_check_is_found(tmp_path):
+    wf = cn.Workflow.load(load_workflow("default_txt2img"))
+    with cn.Session.simulated(progress=False, checkpoints=["a.safetensors"]) as s:
+        wf["CheckpointLoaderSimple.ckpt_name"] = "a.safetensors"
+        wf.check(s)  # reads /object_info once
+        node = s.simulator.nodes["CheckpointLoaderSimple"]
+        node.info["input"]["required"]["ckpt_name"][0].append("new.safetensors")  # the server gets a model
+        wf["CheckpointLoaderSimple.ckpt_name"] = "new.safetensors"
+        wf.check(s)  # read again before refusing
+        df = s.sweep(wf, grid={"KSampler.steps": [1]}).result(timeout=60)
+        assert list(df.status) == ["success"]
