@@ -4,8 +4,9 @@ The server validates one prompt at a time, so a sweep with one bad value among 1
 at that row, after hundreds of prompts ran. Here each value is checked as the server would (type,
 min/max, choice options including the model files it lists, required inputs, link types), plus
 the INT step the UI enforces, for all rows at once: one error lists every bad row and value, with
-close matches for names. A Windows server (``/system_stats`` os ``nt``) lists model files in
-subfolders with backslashes; values written with ``/`` are normalised to match.
+close matches for names. A Windows server (``/system_stats`` os ``nt``, or ``win32`` as ComfyUI
+0.8.0 reports ``sys.platform``) lists model files in subfolders with backslashes; values written
+with ``/`` are normalised to match.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from . import _loop
 from .errors import ComfyError, ServerUnavailable, WorkflowError
 from .modes import MODES
 
-__all__ = ["ServerInfo", "check_prompt", "check_sweep", "server_info"]
+__all__ = [
+    "ServerInfo",
+    "check_prompt",
+    "check_sweep",
+    "check_value",
+    "check_workflow",
+    "choices",
+    "input_spec",
+    "server_info",
+]
 
 _UPLOADS = ("image_upload", "video_upload", "audio_upload", "file_upload", "animated_image_upload")
 _MAX_LISTED = 30
@@ -28,6 +38,8 @@ _MAX_LISTED = 30
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """What the checks need from a server: its ``GET /object_info`` and ``/system_stats`` os."""
+
     object_info: Mapping[str, Any]
     os: str | None
 
