@@ -73,14 +73,29 @@ async def _fetch(session: Any) -> ServerInfo:
 # -- one value ---------------------------------------------------------------------------------
 
 
-def input_spec(info: Mapping, name: str) -> tuple[Any, Mapping, str] | None:
-    """(type, options, section) of an input of an /object_info entry, or None if it has no such input."""
-    inputs = info.get("input") or {}
+def input_spec(info: Mapping, name: str, values: Mapping | None = None) -> tuple[Any, Mapping, str] | None:
+    """(type, options, section) of an input of an /object_info entry, or None if it has no such input.
+
+    With the node's input ``values``, an input of a dynamic combo's chosen option (``"resize_type.width"``)
+    is found too.
+    """
+    return _spec_in(info.get("input") or {}, name, values or {}, "")
+
+
+def _spec_in(inputs: Mapping, name: str, values: Mapping, prefix: str) -> tuple[Any, Mapping, str] | None:
     for section in ("required", "optional"):
-        spec = (inputs.get(section) or {}).get(name)
+        specs = inputs.get(section) or {}
+        spec = specs.get(name)
         if isinstance(spec, (list, tuple)) and spec:
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
             return spec[0], opts, section
+        head, dot, rest = name.partition(".")
+        spec = specs.get(head)
+        if dot and isinstance(spec, (list, tuple)) and len(spec) > 1 and spec[0] == "COMFY_DYNAMICCOMBO_V3":
+            chosen = values.get(prefix + head)
+            option = next((o for o in spec[1].get("options") or () if o.get("key") == chosen), None)
+            if option is not None:
+                return _spec_in(option.get("inputs") or {}, rest, values, f"{prefix}{head}.")
     return None
 
 
@@ -140,6 +155,16 @@ def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
+def _link_type(kind: Any, opts: Mapping) -> Any:
+    """The type a linked input accepts: a V3 match-type input its template's allowed types; other V3
+    dynamic inputs (autogrow...) are not checked here ("*"), the server resolves them."""
+    if kind == "COMFY_MATCHTYPE_V3":
+        return (opts.get("template") or {}).get("allowed_types") or "*"
+    if isinstance(kind, str) and kind.startswith("COMFY_") and kind.endswith("_V3"):
+        return "*"
+    return kind
+
+
 def _types_match(received: Any, expected: Any) -> bool:
     if received == expected or received == "*" or expected == "*":
         return True
@@ -168,7 +193,7 @@ def check_prompt(
             if name not in inputs:
                 problems.append(f"node {nid} ({cls}): required input '{name}' is missing")
         for name, value in inputs.items():
-            spec = input_spec(info, name)
+            spec = input_spec(info, name, inputs)
             if spec is None:
                 continue
             kind, opts, _ = spec
@@ -180,9 +205,9 @@ def check_prompt(
                 outputs = (object_info.get(source.get("class_type")) or {}).get("output") or []
                 if value[1] >= len(outputs) and outputs:
                     problems.append(f"node {nid} ({cls}).{name}: node {value[0]} has no output {value[1]}")
-                elif outputs and not _types_match(outputs[value[1]], kind):
+                elif outputs and not _types_match(outputs[value[1]], expected := _link_type(kind, opts)):
                     problems.append(
-                        f"node {nid} ({cls}).{name}: takes {kind} but is linked to a {outputs[value[1]]} "
+                        f"node {nid} ({cls}).{name}: takes {expected} but is linked to a {outputs[value[1]]} "
                         f"(output {value[1]} of node {value[0]}, {source.get('class_type')})"
                     )
                 continue
@@ -252,7 +277,8 @@ def _check_rows(wf: Any, plan: Any, info: ServerInfo) -> Any:
         if key not in verdicts:
             nid, name = wf.resolve(address)
             cls = graph[nid]["class_type"]
-            spec = None if name.startswith("@") else input_spec(info.object_info.get(cls) or {}, name)
+            node_inputs = graph[nid]["inputs"]
+            spec = None if name.startswith("@") else input_spec(info.object_info.get(cls) or {}, name, node_inputs)
             verdicts[key] = (None, value) if spec is None else check_value(spec[0], spec[1], value, windows)
         return verdicts[key]
 

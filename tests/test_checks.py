@@ -138,3 +138,27 @@ def test_a_model_added_after_the_first_check_is_found(tmp_path):
         wf.check(s)  # read again before refusing
         df = s.sweep(wf, grid={"KSampler.steps": [1]}).result(timeout=60)
         assert list(df.status) == ["success"]
+
+
+def test_dynamic_combo_inputs_are_checked_against_the_chosen_option():
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {
+            "class_type": "ResizeImageMaskNode",
+            "inputs": {
+                "input": ["1", 0],
+                "resize_type": "scale dimensions",
+                "resize_type.width": 99999,
+                "resize_type.crop": "middle",
+                "scale_method": "area",
+            },
+        },
+    }
+    problems, _ = check_prompt(prompt, OBJECT_INFO)
+    text = "\n".join(problems)
+    assert "resize_type.width: 99999 is bigger than the maximum 16384" in text
+    assert "resize_type.crop: 'middle' is not offered" in text and len(problems) == 2
+    prompt["2"]["inputs"]["input"] = ["3", 0]  # a match-type input takes its template's allowed types only
+    prompt["3"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    problems, _ = check_prompt(prompt, OBJECT_INFO)
+    assert any("takes IMAGE,MASK but is linked to a LATENT" in p for p in problems)
