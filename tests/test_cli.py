@@ -240,6 +240,27 @@ def test_values_the_server_refuses_stop_the_run_before_any_prompt(server, workfl
     assert not (tmp_path / "out").exists()
 
 
+def test_a_ui_format_workflow_and_a_picture_run_too(server, tmp_path):
+    from comfynb.sim.library import ui_workflow_path
+
+    done = cli(
+        "run",
+        str(ui_workflow_path("default_txt2img")),
+        "--server",
+        server,
+        *SMALL,
+        "--grid",
+        "KSampler.seed=1,2",
+        "--out",
+        str(tmp_path / "ui"),
+    )
+    assert done.returncode == 0, done.stderr
+    picture = next((tmp_path / "ui" / "images").glob("00000.*"))
+    done = cli("run", str(picture), "--server", server, "--grid", "KSampler.seed=3", "--out", str(tmp_path / "again"))
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "again" / "results.csv")["status"].tolist() == ["success"]
+
+
 # -- mistakes and failures -------------------------------------------------------------------------
 
 
