@@ -13,7 +13,7 @@ import comfynb as cn
 from comfynb.embedded import read_embedded
 from comfynb.errors import WorkflowError
 from comfynb.sim.library import load_workflow
-from comfynb.sim.metadata import save_with_metadata
+from comfynb.sim.metadata import save_video, save_with_metadata
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OBJECT_INFO = json.loads((FIXTURES / "object_info_0.8.0.json").read_text())
@@ -212,7 +212,7 @@ def real_server():
                 if node["class_type"] == "LoadImage":
                     Image.new("RGB", (64, 64), "white").save(folder / node["inputs"]["image"])
                 elif node["class_type"] == "LoadVideo":
-                    (folder / node["inputs"]["file"]).write_bytes(b"\x00")
+                    save_video([Image.new("RGB", (64, 64), "white")] * 3, folder / node["inputs"]["file"], None, None)
         yield s
 
 
@@ -297,3 +297,34 @@ def test_damaged_files_are_refused_clearly(session):
             assert "PNG" in str(exc) or "png" in str(exc) or "workflow" in str(exc)
     with pytest.raises(WorkflowError, match="looks like a png file but cannot be read"):
         cn.Workflow.load(data[:40])
+
+
+@pytest.mark.parametrize(
+    "saver, inputs",
+    [
+        ("SaveAnimatedWEBP", {"fps": 6.0, "lossless": False, "quality": 80, "method": "default"}),
+        ("SaveWEBM", {"codec": "vp9", "fps": 8.0, "crf": 32.0}),
+        ("SaveVideo", None),
+    ],
+)
+def test_simulated_webp_and_video_outputs_load_back_into_the_identical_prompt(session, saver, inputs):
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 3, "color": 255}},
+    }
+    if inputs is None:  # SaveVideo takes a VIDEO made by CreateVideo
+        graph["2"] = {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8.0}}
+        graph["3"] = {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["2", 0], "filename_prefix": "rt", "format": "mp4", "codec": "h264"},
+        }
+    else:
+        graph["3"] = {"class_type": saver, "inputs": {"images": ["1", 0], "filename_prefix": "rt", **inputs}}
+    wf = cn.Workflow.load(chain_ui(), session=session)  # any UI workflow: it must come back from the file
+    ui = wf.ui
+    sent = cn.Workflow.load(graph)
+    sent.ui = ui
+    result = session.submit(sent).result(timeout=60)
+    assert result.status == "success", result
+    data = result.files[0].data
+    again = cn.Workflow.load(data)
+    assert again == sent and again.ui == ui

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from .images import ImageBatch, MaskBatch
-from .nodes import Conditioning, ExecContext, Latent, ModelPart, NodeClass, NodeResult, _LoadImageClass, _save_batch
+from .nodes import Conditioning, ExecContext, Latent, ModelPart, NodeClass, NodeResult, _save_batch
 
 _PLAIN = {"STRING": str, "INT": int, "FLOAT": float, "BOOLEAN": bool}
 _UPLOADS = {"image_upload": "image/", "video_upload": "video/", "audio_upload": "audio/"}
@@ -139,7 +139,7 @@ def served_nodes(
         if not isinstance(info, Mapping):
             raise ValueError(f"object_info[{name!r}] is not an object: give the JSON of GET /object_info")
         mine = own.get(name)
-        if isinstance(mine, _LoadImageClass):
+        if mine is not None and type(mine) is not NodeClass:  # it lists the input folder into its info
             mine.info = copy.deepcopy(dict(info))
             out[name] = mine
         elif mine is not None:
