@@ -21,10 +21,12 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .embedded import is_media, read_embedded
 from .errors import ComfyError, Timeout, WorkflowError
 from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, history_frame
 from .session import Session
 from .sweep import make_plan
+from .uiformat import is_ui_format
 from .workflow import Workflow
 
 
@@ -104,10 +106,13 @@ def _sweep(
     concurrency: int,
     tag: str | None,
     server: str | None = None,
+    check: bool = True,
 ) -> int:
     """Run the sweep with a progress line, print the table, save everything under ``out``;
     ``server`` (a lasting one) is named in a hint for finding these results again."""
-    sweep = session.sweep(wf, grid=grid or None, rows=None if grid else [{}], concurrency=concurrency, tag=tag)
+    sweep = session.sweep(
+        wf, grid=grid or None, rows=None if grid else [{}], concurrency=concurrency, tag=tag, check=check
+    )
     try:
         frame = sweep.result()
     except KeyboardInterrupt:
@@ -166,16 +171,26 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """A sweep from a shell; the workflow and the sweep are checked before any server is contacted."""
-    wf = Workflow.load(args.workflow)
-    for address, value in args.set:
-        wf[address] = value
-    grid = dict(args.grid)
-    if len(grid) < len(args.grid):
-        raise UsageError("an address is given to --grid more than once")
-    if grid:
-        make_plan(wf, grid=grid)
-    session = Session.simulated(progress="text") if args.simulate else Session(args.server, progress="text")
+    """A sweep from a shell; the workflow and the sweep are checked before any server is contacted
+    (a UI-format workflow needs the server's node definitions first, so it is read after connecting)."""
+    session = None
+    if _needs_server(args.workflow):
+        session = Session.simulated(progress="text") if args.simulate else Session(args.server, progress="text")
+    try:
+        wf = Workflow.load(args.workflow, session=session)
+        for address, value in args.set:
+            wf[address] = value
+        grid = dict(args.grid)
+        if len(grid) < len(args.grid):
+            raise UsageError("an address is given to --grid more than once")
+        if grid:
+            make_plan(wf, grid=grid)
+    except BaseException:
+        if session is not None:
+            session.close()
+        raise
+    if session is None:
+        session = Session.simulated(progress="text") if args.simulate else Session(args.server, progress="text")
     with session:
         where = "an embedded simulator" if args.simulate else ", ".join(args.server)
         total = math.prod(map(len, grid.values()))
@@ -188,7 +203,26 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             tag=args.tag,
             server=args.server[0] if args.server and len(args.server) == 1 else None,
+            check=not args.no_check,
         )
+
+
+def _needs_server(source: str) -> bool:
+    """Whether the workflow file is in UI format (directly, or as the only workflow a picture carries)."""
+    try:
+        data = Path(source).read_bytes()
+    except OSError:
+        return False  # Workflow.load names the problem
+    if is_media(data[:16]):
+        try:
+            found = read_embedded(data)
+        except WorkflowError:
+            return False
+        return found.prompt is None
+    try:
+        return is_ui_format(json.loads(data))
+    except ValueError:
+        return False
 
 
 def history(args: argparse.Namespace) -> int:
@@ -297,7 +331,9 @@ def _parser() -> argparse.ArgumentParser:
         'when they parse (7, 4.5, true, "7"), else text. Addresses are NODE.INPUT, where '
         "NODE is a node id, title or class, e.g. KSampler.seed or 6.text.",
     )
-    p.add_argument("workflow", metavar="WORKFLOW.json", help="API-format workflow file")
+    p.add_argument(
+        "workflow", metavar="WORKFLOW", help="workflow file: API or UI format (.json), or a picture/video ComfyUI made"
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--server",
@@ -331,6 +367,11 @@ def _parser() -> argparse.ArgumentParser:
         help="prompts on the server at once (default: %(default)s)",
     )
     p.add_argument("--tag", metavar="T", help="tag stored with each prompt, to find them with `comfynb history --tag`")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="send every prompt even if a value does not fit the server's /object_info (checked by default)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
 
     p = command(

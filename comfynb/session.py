@@ -32,6 +32,7 @@ from . import sweep as _sweep
 from . import uploads as _uploads
 from . import wsoutputs as _wsoutputs
 from .burst import Burst
+from .embedded import extra_pnginfo
 from .errors import Cancelled, ComfyError
 from .jobs import Job
 from .journal import Journal
@@ -222,10 +223,11 @@ class Session:
         """
         if self._closed:
             raise ComfyError("this session is closed")
-        prompt = (workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)).to_api()
+        wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
+        prompt = wf.to_api()
         prompt_id = str(uuid.uuid4())
         tag_dict = self._tags(tags)
-        state = PromptState(prompt_id, self._body(prompt, prompt_id, tag_dict, front), tag_dict)
+        state = PromptState(prompt_id, self._body(prompt, prompt_id, tag_dict, front, wf.ui_workflow()), tag_dict)
         state.posting = True  # from now until the server accepted it (or it was dropped)
         job = Job(state, self._request_cancel)
         self._add(job)
@@ -237,9 +239,13 @@ class Session:
             hook(self, item)
         return item
 
-    def _body(self, prompt: dict, prompt_id: str, tags: dict | None, front: bool = False) -> dict:
-        """The POST /prompt body: our client_id, our prompt_id, tags in ``extra_data["comfynb"]``."""
+    def _body(
+        self, prompt: dict, prompt_id: str, tags: dict | None, front: bool = False, ui: dict | None = None
+    ) -> dict:
+        """The POST /prompt body: our client_id, our prompt_id, tags in ``extra_data["comfynb"]``; the UI
+        workflow and the tags in ``extra_pnginfo``, so every output file carries them."""
         extra = {"comfynb": tags} if tags is not None else {}
+        extra.update(extra_pnginfo(tags, ui))
         body: dict[str, Any] = {
             "prompt": prompt,
             "client_id": self.client_id,
@@ -267,14 +273,14 @@ class Session:
                 raise ComfyError("this session is closed")
             self._jobs[job.prompt_id] = job
 
-    def _send_held(self, job: Job, prompt: dict, tags: Mapping) -> None:
+    def _send_held(self, job: Job, prompt: dict, tags: Mapping, ui: dict | None = None) -> None:
         """Send a held job (on the loop). ``prompt`` is an API-format graph the caller checked; it is
         not copied, so a sweep can share the nodes its prompts have in common."""
         state = job._state
         if state.done:
             return
         state.tags = self._tags(tags)
-        state.body = self._body(prompt, state.prompt_id, state.tags)
+        state.body = self._body(prompt, state.prompt_id, state.tags, ui=ui)
         state.progress.nodes_total = len(state.body["prompt"])
         _loop.submit(self._pool.enqueue(state))
 
@@ -320,12 +326,14 @@ class Session:
         tag: str | None = None,
         seeds: int | Iterable[int] | None = None,
         max_rows: int | None = _sweep.MAX_ROWS,
+        check: bool = True,
     ) -> _sweep.Sweep:
         """One prompt per row of a grid, of aligned lists (``zip``) or of explicit ``rows``, at most
         ``concurrency`` on the servers at once (default: 8, or enough to fill every server's
         ``max_inflight``); ``await sweep`` (or ``sweep.result()``) for the frame.
 
-        Addresses are checked before anything is sent. ``seeds=n`` adds a seed axis (the
+        Addresses are checked before anything is sent, and with ``check`` every row's values against
+        the server's ``/object_info`` (one error lists all bad rows). ``seeds=n`` adds a seed axis (the
         workflow's seed, +1, ...), or give a list. Images as values are uploaded once each.
         Rows are built as they are sent; more than ``max_rows`` (None: no limit) is refused.
         """
@@ -342,6 +350,7 @@ class Session:
                 tag=tag,
                 seeds=seeds,
                 max_rows=max_rows,
+                check=check,
             )
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _loop
+from . import _loop, checks
 from .errors import Cancelled, ComfyError, TagError, Timeout, WorkflowError
 from .frames import COLUMNS, KIND_COLUMNS, MEDIA_COLUMNS, frame_from_rows, history_row
 from .journal import TERMINAL, Submission
@@ -401,7 +401,10 @@ class Sweep:
             try:
                 params = self.plan.row(i)
                 tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
-                self.session._send_held(job, self._prompt(params), tags)
+                ui = self.workflow.ui_workflow()
+                if ui is not None and any("@" in address for address in params):  # bypass/mute axes show in it
+                    ui = self.workflow.with_values(params).ui_workflow()
+                self.session._send_held(job, self._prompt(params), tags, ui)
             except Exception as exc:  # the row cannot be sent: neither can the ones after it
                 self._done.set_exception(exc)  # first: result() raises it, whatever ends next
                 self.session._settle_unsent(job._state, exc)
@@ -827,11 +830,17 @@ def start(
     tag: str | None = None,
     seeds: int | Iterable[int] | None = None,
     max_rows: int | None = MAX_ROWS,
+    check: bool = True,
 ) -> Sweep:
-    """Check the definition, upload its images, journal it, and start sending rows (see Session.sweep)."""
+    """Check the definition (and, with ``check``, every row against the server), upload its images,
+    journal it, and start sending rows (see Session.sweep)."""
     if tag is not None and not isinstance(tag, str):
         raise TagError(f"tag must be a string, not {type(tag).__name__}")
-    wf = workflow.copy() if isinstance(workflow, Workflow) else Workflow.load(workflow)
+    wf = (
+        workflow.copy()
+        if isinstance(workflow, Workflow)
+        else Workflow.load(workflow, session=session if check else None)
+    )
     plan = make_plan(
         wf,
         grid=grid,
@@ -841,6 +850,7 @@ def start(
         upload=lambda images: _loop.run_sync(upload_everywhere(session, images)),
         max_rows=max_rows,
     )
+    checks.check_sweep(session, wf, plan, check=check)
     sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
     session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent
     if session.journal is not None:
@@ -871,10 +881,12 @@ def resume(session, sweep_id: str) -> Sweep:
     record = journal.sweep(sweep_id)
     if record is None:
         raise ComfyError(f"no sweep {sweep_id!r} in the journal {journal.path}")
+    wf, plan = Workflow.load(record.workflow), Plan.from_json(record.plan)
+    checks.check_sweep(session, wf, plan, check=False)  # bypass axes need the server's /object_info again
     sweep = Sweep(
         session,
-        Workflow.load(record.workflow),
-        Plan.from_json(record.plan),
+        wf,
+        plan,
         concurrency=record.concurrency,
         tag=record.tag,
         sweep_id=sweep_id,

@@ -2,7 +2,10 @@
 
 A workflow is ComfyUI's API format (``Workflow > Export (API)``): ``{node_id: {"class_type",
 "inputs", "_meta": {"title"}}}``. It is checked when loaded, so a bad file fails here with the
-node and the fix named, not later as a server 400.
+node and the fix named, not later as a server 400. What users mostly have, a UI-format file or a
+picture or video ComfyUI made, is loaded too: UI format is converted as the frontend does
+(:mod:`comfynb.uiformat`), files are read for their embedded workflow (:mod:`comfynb.embedded`),
+and the UI workflow is kept (``wf.ui``) so outputs can carry it.
 
 Addresses are ``"<node>.<input>"``. ``<node>`` is, in this order of precedence:
 
@@ -15,6 +18,8 @@ titled "CLIP Text Encode (Prompt)" make that title ambiguous (the error lists ``
 ``"7.text"``) rather than falling back to the class. Titles come before classes because a
 title is a name the user chose. Because titles may contain dots, the longest known node name
 before a dot is taken (``"My.Sampler.seed"`` is input ``seed`` of node ``My.Sampler``).
+``"<node>@bypass"`` and ``"<node>@mute"`` (True or False) take a node out of the graph the way
+the frontend's Bypass and Mute do (:mod:`comfynb.modes`), so a sweep can compare with and without it.
 
 Values must be JSON (numpy scalars and arrays are converted). ComfyUI reads every list input
 as a link ``[node_id, output_index]``, so a list set as an input value is stored wrapped as
@@ -41,12 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .embedded import is_media, read_embedded
 from .errors import AddressError, WorkflowError
+from .modes import MODES, apply_modes, ui_with_modes
+from .uiformat import is_ui_format, ui_to_api
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Node", "Workflow"]
+__all__ = ["Node", "Options", "Workflow"]
 
 _EXPORT_HINT = (
     "In ComfyUI: enable Dev mode options in settings, then Workflow > Export (API) / Save (API), and load that file."
@@ -70,60 +78,138 @@ class Node:
 class Workflow:
     """An API-format ComfyUI workflow whose inputs are addressed as ``"KSampler.seed"``."""
 
+    ui: dict | None
+    """The UI-format workflow this one came from (a UI file, or the image's ``workflow``), if known;
+    sent along in ``extra_pnginfo`` so every output file carries it."""
+    object_info: Mapping[str, Any] | None
+    """The server's ``/object_info`` this workflow was loaded against, if any (checks, bypass, options)."""
+
     def __init__(self, graph: Mapping[str, Any]):
         self._graph = _checked_graph(graph, "the workflow")
         self._names = _Names(self._graph)
+        self.ui, self.object_info = None, None
+        self._modes: dict[str, str] = {}  # node id -> "bypass" or "mute"
 
     @classmethod
-    def _parsed(cls, text: str, what: str) -> Workflow:
+    def _from_data(
+        cls, data: Any, what: str, object_info: Mapping | None, session: Any, ui: Mapping | None = None
+    ) -> Workflow:
+        """A workflow from parsed JSON: API format as is, UI format converted against ``/object_info``."""
+        if object_info is None and session is not None:
+            from .checks import server_info
+
+            object_info = server_info(session).object_info
+        if is_ui_format(data):
+            if object_info is None:
+                raise WorkflowError(
+                    f"{what} is in ComfyUI's UI format, not the API format the server runs; converting it needs "
+                    "the server's node definitions: "
+                    "Workflow.load(source, session=session) or Workflow.load(source, object_info=info) "
+                    f"(info = GET /object_info). Or: {_EXPORT_HINT}"
+                )
+            ui, data = data, ui_to_api(data, object_info)
+            what = f"{what} (converted from UI format)"
+        wf = object.__new__(cls)
+        wf._graph = _checked_graph(data, what)
+        wf._names = _Names(wf._graph)
+        wf.ui = _copy_json(dict(ui)) if ui is not None else None
+        wf.object_info = object_info
+        wf._modes = {}
+        return wf
+
+    @classmethod
+    def _parsed(cls, text: str, what: str, object_info: Mapping | None = None, session: Any = None) -> Workflow:
         """A workflow from JSON text, naming ``what`` (a file, a string) in every error."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             where = f"line {e.lineno} column {e.colno}"
             raise WorkflowError(f"{what} is not valid JSON: {e.msg} at {where}.") from None
-        wf = object.__new__(cls)
-        wf._graph = _checked_graph(data, what)
-        wf._names = _Names(wf._graph)
-        return wf
+        return cls._from_data(data, what, object_info, session)
 
     @classmethod
-    def load(cls, source: str | os.PathLike | Mapping | Workflow) -> Workflow:
-        """Read a workflow from a .json path, a JSON string, a dict, or another Workflow (copied)."""
+    def _embedded(cls, data: bytes, what: str, object_info: Mapping | None, session: Any) -> Workflow:
+        """The workflow a ComfyUI output file carries: its API ``prompt`` if present, else its UI ``workflow``."""
+        found = read_embedded(data, what)
+        if found.prompt is not None:
+            return cls._from_data(
+                _rewrapped(found.prompt), f"{what} ('prompt' metadata)", object_info, None, found.workflow
+            )
+        return cls._from_data(found.workflow, f"{what} ('workflow' metadata)", object_info, session)
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike | bytes | Mapping | Workflow,
+        *,
+        object_info: Mapping[str, Any] | None = None,
+        session: Any = None,
+    ) -> Workflow:
+        """Read a workflow from a .json path, a JSON string, a dict, another Workflow (copied), or a
+        file ComfyUI made (PNG, WebP, MP4/WebM, FLAC/MP3/Opus: path or bytes).
+
+        API format is taken as is. UI format (what ComfyUI saves) is converted as ComfyUI's frontend
+        does, against ``object_info`` (the server's ``GET /object_info``) or, given ``session``,
+        its server's. A file's API ``prompt`` is preferred to its UI ``workflow``.
+        """
         if isinstance(source, Workflow):
             return source.copy()
         if isinstance(source, Mapping):
-            return cls(source)
+            return cls._from_data(source, "the workflow", object_info, session)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            if is_media(data[:16]):
+                return cls._embedded(data, "the file's bytes", object_info, session)
+            return cls._parsed(data.decode("utf-8", "replace"), "the bytes given", object_info, session)
         if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
-            return cls._parsed(source, "the JSON string")
+            return cls._parsed(source, "the JSON string", object_info, session)
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             try:
-                text = path.read_text(encoding="utf-8")
+                data = path.read_bytes()
             except FileNotFoundError:
                 raise WorkflowError(
-                    f"no such file: '{path}'. Workflow.load takes a path to an API-format .json "
-                    "file, a dict, or a JSON string."
+                    f"no such file: '{path}'. Workflow.load takes a path to a workflow .json file or to an "
+                    "image/video ComfyUI made, a dict, or a JSON string."
                 ) from None
-            except (OSError, UnicodeDecodeError) as e:
+            except OSError as e:
                 raise WorkflowError(f"cannot read workflow file '{path}': {e}") from e
-            return cls._parsed(text, f"'{path}'")
+            if is_media(data[:16]):
+                return cls._embedded(data, f"'{path}'", object_info, session)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise WorkflowError(
+                    f"cannot read workflow file '{path}': it is neither UTF-8 JSON text nor a PNG, WebP, MP4, "
+                    f"WebM, FLAC, MP3 or Opus file ({e})"
+                ) from None
+            return cls._parsed(text, f"'{path}'", object_info, session)
         raise WorkflowError(
-            f"cannot load a workflow from {type(source).__name__}: pass a path to an API-format "
-            ".json file, a dict, or a JSON string."
+            f"cannot load a workflow from {type(source).__name__}: pass a path to a workflow .json file or "
+            "an image/video ComfyUI made, a dict, or a JSON string."
         )
 
     # -- the graph as a whole ------------------------------------------------------------
 
     def to_api(self) -> dict:
-        """The API-format graph for ``POST /prompt``: a fresh copy the caller may change."""
-        return _copy_json(self._graph)
+        """The API-format graph for ``POST /prompt``: a fresh copy the caller may change.
+
+        Bypassed and muted nodes (``wf["LoRA@bypass"] = True``) are taken out as the frontend does.
+        """
+        return apply_modes(_copy_json(self._graph), self._modes, self.object_info)
+
+    def ui_workflow(self) -> dict | None:
+        """The UI workflow to embed in outputs (``extra_pnginfo.workflow``), showing bypassed and muted nodes."""
+        if self.ui is None or not self._modes:
+            return self.ui
+        return ui_with_modes(self.ui, self._modes)
 
     def copy(self) -> Workflow:
         """An independent copy; values set on one never show in the other."""
         new = object.__new__(Workflow)
         new._graph = {nid: {**n, "inputs": dict(n["inputs"])} for nid, n in self._graph.items()}
         new._names = self._names  # ids, titles, classes and input names never change
+        new.ui, new.object_info, new._modes = self.ui, self.object_info, dict(self._modes)
         return new
 
     __copy__ = copy
@@ -134,7 +220,8 @@ class Workflow:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the API-format JSON, loadable here and by ComfyUI; returns the path."""
         path = Path(path)
-        path.write_text(json.dumps(self._graph, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        graph = self.to_api() if self._modes else self._graph  # bypassed and muted nodes taken out
+        path.write_text(json.dumps(graph, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
 
     @property
@@ -171,7 +258,7 @@ class Workflow:
         return iter(self._graph)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Workflow) and self._graph == other._graph
+        return isinstance(other, Workflow) and self._graph == other._graph and self._modes == other._modes
 
     __hash__ = None  # mutable
 
@@ -192,14 +279,18 @@ class Workflow:
 
     def __getitem__(self, address: str) -> Any:
         nid, name = self.resolve(address)
-        return _unwrap(self._graph[nid]["inputs"][name])
+        return self._value(nid, name)
 
     def get(self, address: str, default: Any = None) -> Any:
         """The value at ``address``, or ``default`` if it names no input (ambiguity still raises)."""
         found = self._find(address)
         if found is None:
             return default
-        nid, name = found
+        return self._value(*found)
+
+    def _value(self, nid: str, name: str) -> Any:
+        if name.startswith("@"):
+            return self._modes.get(nid) == name[1:]
         return _unwrap(self._graph[nid]["inputs"][name])
 
     def __setitem__(self, address: str, value: Any) -> None:
@@ -208,6 +299,16 @@ class Workflow:
     def set(self, address: str, value: Any, *, unlink: bool = False) -> None:
         """Set an input; a linked input takes a literal only with ``unlink=True``, as that cuts the link."""
         nid, name = self.resolve(address)
+        if name.startswith("@"):
+            if not isinstance(value, (bool, np.bool_)):
+                raise WorkflowError(
+                    f"'{address}' takes True or False (whether node {nid} is {name[1:]}ed), not {value!r}"
+                )
+            if value:
+                self._modes[nid] = name[1:]
+            elif self._modes.get(nid) == name[1:]:
+                del self._modes[nid]
+            return
         inputs = self._graph[nid]["inputs"]
         current = inputs[name]
         if _is_link(current) and not unlink:
@@ -234,6 +335,44 @@ class Workflow:
             return self._find(item) is not None
         except AddressError:
             return False
+
+    def check(self, session: Any = None, *, object_info: Mapping[str, Any] | None = None) -> Workflow:
+        """Check every node and value against the server's ``/object_info`` (types, ranges, choices
+        and model files, required inputs, link types); raises one WorkflowError listing every
+        problem. Model paths are normalised for a Windows server. Returns this workflow."""
+        from .checks import check_workflow
+
+        if session is None and object_info is None:
+            object_info = self.object_info
+        if session is None and object_info is None:
+            raise WorkflowError("wf.check(session) needs the session (or object_info=) to ask the server")
+        return check_workflow(self, session, object_info=object_info)
+
+    def _ipython_key_completions_(self) -> list[str]:
+        """Addresses for ``wf["<TAB>`` in notebooks: every input, and ``<node>@bypass`` / ``@mute``."""
+        names = self._all_addresses()
+        nodes = {a.rpartition(".")[0] for a in names}
+        return names + [f"{n}@{m}" for n in sorted(nodes) for m in MODES]
+
+    def options(self, address: str) -> Options:
+        """The values the server offers for a choice input (samplers, schedulers, model files...).
+
+        Needs ``object_info`` (load with ``session=`` or ``object_info=``). The list completes in
+        notebooks (``wf.options("KSampler.sampler_name")["<TAB>``) and indexing it by a name that
+        is not offered raises with close matches.
+        """
+        nid, name = self.resolve(address)
+        if self.object_info is None:
+            raise WorkflowError(
+                f"'{address}': the server's options are unknown; load with Workflow.load(..., session=session)"
+            )
+        from .checks import choices, input_spec
+
+        spec = input_spec(self.object_info.get(self._graph[nid]["class_type"]) or {}, name)
+        offered = choices(spec[0], spec[1]) if spec is not None else None
+        if offered is None:
+            raise WorkflowError(f"'{address}' is not a choice input on this server; it takes any value of its type")
+        return Options(address, list(offered))
 
     def parameters(self) -> pd.DataFrame:
         """Every literal (not linked) input, one row each, with the shortest address that names it."""
@@ -267,6 +406,15 @@ class Workflow:
                 "an address is a string like 'KSampler.seed' (node, dot, input); "
                 f"got {type(address).__name__} {address!r}"
             )
+        node_part, at, mode = address.rpartition("@")
+        if at and mode in MODES and node_part:
+            match = self._names.lookup(node_part)
+            if match is None:
+                return None
+            kind, ids = match
+            if len(ids) > 1:
+                raise self._ambiguous(address, kind, node_part, ids, f"@{mode}")
+            return ids[0], f"@{mode}"
         for node_part, name in _splits(address):
             match = self._names.lookup(node_part)
             if match is None:
@@ -284,7 +432,7 @@ class Workflow:
         lines = [f"'{address}' is ambiguous: {kind} '{part}' names {len(ids)} nodes. Address one by id:"]
         for nid in ids[:10]:
             inputs = self._graph[nid]["inputs"]
-            line = f"  '{nid}.{name}'  {self._label(nid)}"
+            line = f"  '{nid}{'' if name.startswith('@') else '.'}{name}'  {self._label(nid)}"
             if name in inputs and not _is_link(inputs[name]):
                 line += f", {name}={_short(_unwrap(inputs[name]))}"
             lines.append(line)
@@ -369,6 +517,28 @@ class Workflow:
         return f"Its inputs: {', '.join(listed)}."
 
 
+class Options(list):
+    """A choice input's options; ``options["name"]`` returns the name if offered, else raises with close matches."""
+
+    def __init__(self, address: str, values: list):
+        super().__init__(values)
+        self.address = address
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        if key in self:
+            return key
+        close = _close(key, [v for v in self if isinstance(v, str)])
+        hint = f" Did you mean {_either(close)}?" if close else ""
+        raise WorkflowError(
+            f"'{key}' is not among the {len(self)} options the server offers for '{self.address}'.{hint}"
+        )
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return [v for v in self if isinstance(v, str)]
+
+
 class _Names:
     """Which nodes each id, title and class_type names, plus resolved addresses.
 
@@ -410,7 +580,8 @@ def _checked_graph(graph: Any, what: str) -> dict[str, dict]:
     if ui_keys or "last_node_id" in graph:
         raise WorkflowError(
             f"{what} is in ComfyUI's UI format (it has 'nodes' and 'links'), which the server does not "
-            f"run; comfynb needs the API format. {_EXPORT_HINT}"
+            "run (it needs the API format): Workflow.load(source, session=session) (or object_info=...) converts it. "
+            f"Or: {_EXPORT_HINT}"
         )
     if not graph:
         raise WorkflowError(f"{what} has no nodes. {_EXPORT_HINT}")
@@ -463,6 +634,21 @@ def _checked_graph(graph: Any, what: str) -> dict[str, dict]:
                     f"{where} links to node '{value[0]}', which is not in the workflow; "
                     "export the workflow again or fix the link."
                 )
+    return out
+
+
+def _rewrapped(prompt: Any) -> Any:
+    """A prompt read back from a file: the server unwraps ``{"__value__": [...]}`` before saving, so
+    list values that are not links are wrapped again."""
+    if not isinstance(prompt, Mapping):
+        return prompt
+    out = {}
+    for nid, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, Mapping) else None
+        if isinstance(inputs, Mapping):
+            inputs = {k: {"__value__": v} if isinstance(v, list) and not _is_link(v) else v for k, v in inputs.items()}
+            node = {**node, "inputs": inputs}
+        out[nid] = node
     return out
 
 

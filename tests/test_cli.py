@@ -212,6 +212,7 @@ def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
         *SMALL,
         "--set",
         "4.ckpt_name=missing.safetensors",
+        "--no-check",
         "--out",
         str(tmp_path / "out"),
     )
@@ -219,6 +220,45 @@ def test_failed_prompts_are_saved_and_exit_1(server, workflow, tmp_path):
     assert "1 of 1 prompt(s) did not succeed" in done.stderr and "missing.safetensors" in done.stderr
     assert "Traceback" not in done.stderr
     assert pd.read_csv(tmp_path / "out" / "results.csv")["status"].tolist() == ["error"]
+
+
+def test_values_the_server_refuses_stop_the_run_before_any_prompt(server, workflow, tmp_path):
+    done = cli(
+        "run",
+        str(workflow),
+        "--server",
+        server,
+        *SMALL,
+        "--grid",
+        "4.ckpt_name=missing.safetensors",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "1 of 1 rows have values this server refuses; nothing was sent" in done.stderr
+    assert "'missing.safetensors' is not offered by the server" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ui_format_workflow_and_a_picture_run_too(server, tmp_path):
+    from comfynb.sim.library import ui_workflow_path
+
+    done = cli(
+        "run",
+        str(ui_workflow_path("default_txt2img")),
+        "--server",
+        server,
+        *SMALL,
+        "--grid",
+        "KSampler.seed=1,2",
+        "--out",
+        str(tmp_path / "ui"),
+    )
+    assert done.returncode == 0, done.stderr
+    picture = next((tmp_path / "ui" / "images").glob("00000.*"))
+    done = cli("run", str(picture), "--server", server, "--grid", "KSampler.seed=3", "--out", str(tmp_path / "again"))
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "again" / "results.csv")["status"].tolist() == ["success"]
 
 
 # -- mistakes and failures -------------------------------------------------------------------------

@@ -431,7 +431,8 @@ def test_paths_in_a_grid(hostile, session, tmp_path):
     with pytest.raises(WorkflowError, match=r"row 1 'LoadImage.image': no such file"):
         session.sweep(wf, rows=[{"LoadImage.image": picture}, {"LoadImage.image": missing}])
     assert hostile.uploads == [] and hostile.posts == []
-    frame = session.sweep(wf, grid={"LoadImage.image": [picture], "6.text": [str(picture)]}).result(timeout=WAIT)
+    grid = {"LoadImage.image": [picture], "6.text": [str(picture)]}
+    frame = session.sweep(wf, grid=grid, check=False).result(timeout=WAIT)  # this server lists few node types
     assert len(hostile.uploads) == 1 and frame["6.text"][0] == str(picture)
     assert hostile.posts[0]["prompt"]["1"]["inputs"]["image"] == hostile.uploads[0]
 

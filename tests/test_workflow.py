@@ -98,7 +98,7 @@ def test_ui_format_is_refused_with_how_to_export(ui):
     with pytest.raises(WorkflowError) as e:
         Workflow.load(ui)
     msg = str(e.value)
-    assert "UI format" in msg and "API format" in msg
+    assert "UI format" in msg and "API format" in msg and "session=" in msg and "object_info=" in msg
     assert "Dev mode" in msg and "Export (API)" in msg and "Save (API)" in msg
 
 
@@ -158,7 +158,10 @@ def test_malformed_graphs_name_the_node_and_the_problem(bad, expected):
 
 
 def test_bad_sources(tmp_path):
-    with pytest.raises(WorkflowError, match=r"no such file: '.*nope.json'.*a path to an API-format .json file, a dict"):
+    with pytest.raises(
+        WorkflowError,
+        match=r"no such file: '.*nope.json'.*a path to a workflow .json file or to an image/video ComfyUI made, a dict",
+    ):
         Workflow.load(tmp_path / "nope.json")
     with pytest.raises(WorkflowError, match=r"no such file: 'KSampler'"):
         Workflow.load("KSampler")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PIL.PngImagePlugin import PngInfo
+from .metadata import png_info
 
 TYPES = ("input", "output", "temp")
 
@@ -108,12 +108,7 @@ class Files:
         self, image: Any, filename_prefix: str, type: str = "output", text: dict[str, str] | None = None
     ) -> dict:
         path, subfolder = self.reserve(filename_prefix, type, "png", image.size)
-        info = None
-        if text:
-            info = PngInfo()
-            for k, v in text.items():
-                info.add_text(k, v)
-        image.save(path, pnginfo=info, compress_level=4)
+        image.save(path, pnginfo=png_info(text or {}), compress_level=4)
         return {"filename": path.name, "subfolder": subfolder, "type": type}
 
     def resolve_input(self, name: str) -> Path:

@@ -1,9 +1,11 @@
-"""The API-format workflows shipped with the simulator (a copy of the recorded test workflows)."""
+"""The workflows shipped with the simulator: API format (a copy of the recorded test workflows) and, under
+``workflows/ui/``, UI format (what ComfyUI saves), for tutorials and tests."""
 
 from __future__ import annotations
 
 import json
 from importlib.resources import files
+from pathlib import Path
 
 
 def workflow_names() -> list[str]:
@@ -16,3 +18,13 @@ def load_workflow(name: str) -> dict:
     if not name.endswith(".json"):
         name += ".json"
     return json.loads(files(__package__).joinpath("workflows").joinpath(name).read_text(encoding="utf-8"))
+
+
+def ui_workflow_path(name: str) -> Path:
+    """The path of a shipped UI-format workflow (what ComfyUI's Save writes), e.g. "default_txt2img"."""
+    if not name.endswith(".json"):
+        name += ".json"
+    path = Path(str(files(__package__).joinpath("workflows").joinpath("ui").joinpath(name)))
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped UI workflow {name!r}")
+    return path

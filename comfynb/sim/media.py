@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import metadata
 from .images import ImageBatch
-from .nodes import ExecContext, Latent, NodeClass, NodeResult, _info, _input_file, _png_text, default_nodes
+from .nodes import ExecContext, Latent, NodeClass, NodeResult, _info, _input_file, default_nodes
 
 _HIDDEN = {"prompt": ["PROMPT"], "extra_pnginfo": ["EXTRA_PNGINFO"]}
 _VHS_MODULE = "custom_nodes.ComfyUI-VideoHelperSuite"
@@ -70,9 +71,9 @@ def _av():
 
 def media_metadata(ctx: ExecContext) -> dict[str, str]:
     """What ComfyUI writes into a video's or audio file's container metadata: ``prompt`` and each
-    ``extra_pnginfo`` key as JSON. Call site for ``comfynb.sim.metadata`` (workflow embedding,
-    written on another branch): every media file of this module gets its tags from here."""
-    return _png_text(ctx)
+    ``extra_pnginfo`` key as JSON (:mod:`comfynb.sim.metadata`): every media file of this module gets
+    its tags from here."""
+    return metadata.container_tags(*metadata.metadata_of(ctx))
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -91,7 +92,9 @@ def encode_video(
     """Write frames (and audio) into the container ``path``'s extension names."""
     av = _av()
     frames = [_even(f) for f in video.frames]
-    with av.open(str(path), "w") as out:
+    # MP4 keeps custom tags (prompt, workflow) only with use_metadata_tags, which ComfyUI sets too
+    container = {"options": {"movflags": "use_metadata_tags"}} if path.suffix.lower() in (".mp4", ".mov") else {}
+    with av.open(str(path), "w", **container) as out:
         for key, value in (tags or {}).items():
             out.metadata[key] = value
         stream = out.add_stream(codec, rate=Fraction(video.fps).limit_denominator(1000))
@@ -224,8 +227,7 @@ def _animated(ctx: ExecContext, i: dict, ext: str, **save: Any) -> NodeResult:
 async def _save_animated_webp(ctx: ExecContext, i: dict) -> NodeResult:
     await ctx.work()
     method = {"default": 4, "fastest": 0, "slowest": 6}[i["method"]]
-    exif = Image.Exif()
-    exif[0x0110] = "prompt:" + json.dumps(ctx.prompt)  # ComfyUI puts the prompt in EXIF "Model"
+    exif = metadata.webp_exif(*metadata.metadata_of(ctx))  # prompt in EXIF "Model", workflow in "Make"
     return _animated(ctx, i, "webp", lossless=i["lossless"], quality=i["quality"], method=method, exif=exif)
 
 

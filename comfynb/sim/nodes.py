@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageFilter, ImageOps, ImageSequence
 
+from . import metadata
 from .images import SIM_CHUNK, ImageBatch, MaskBatch, image_size, preview_size, render, render_preview
 from .ledger import RUN_CHUNK
 
@@ -315,14 +316,7 @@ async def _solid_mask(ctx: ExecContext, i: dict) -> NodeResult:
 
 def _png_text(ctx: ExecContext) -> dict[str, str]:
     """ComfyUI's PNG metadata: "prompt" plus one chunk per extra_pnginfo key (e.g. "workflow")."""
-    text = {}
-    prompt = getattr(ctx, "prompt", None)
-    if prompt is not None:
-        text["prompt"] = json.dumps(prompt)
-    extra = (ctx.extra_data or {}).get("extra_pnginfo")
-    if isinstance(extra, dict):
-        text.update((key, json.dumps(value)) for key, value in extra.items())
-    return text
+    return metadata.text_chunks(*metadata.metadata_of(ctx))
 
 
 def _save_batch(ctx: ExecContext, images: ImageBatch, prefix: str, kind: str) -> list[dict]:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,18 @@ from .hub import Hub
 from .ledger import Ledger, Outage
 from .media import all_nodes
 from .nodes import NodeClass
+from .served import served_nodes
 from .server import build_app
 
 _TICK = 0.05  # granularity of the close_every fault
 
 
 class Simulator:
-    """A protocol-faithful ComfyUI 0.8.0 server on 127.0.0.1, without models or a GPU."""
+    """A protocol-faithful ComfyUI 0.8.0 server on 127.0.0.1, without models or a GPU.
+
+    ``object_info`` (a real server's ``GET /object_info``) makes it serve and validate against
+    those node classes instead of its own (see :mod:`comfynb.sim.served`).
+    """
 
     def __init__(
         self,
@@ -59,6 +64,7 @@ class Simulator:
         max_queue: int = 0,
         retry_after: float | None = None,
         partner_nodes: bool = False,
+        object_info: Mapping[str, Any] | None = None,
     ):
         """``cloud=True`` serves Comfy Cloud's API instead (see :mod:`comfynb.sim.cloud`): ``api_key``
         required, ``max_parallel`` prompts at once, 429 (with ``Retry-After: retry_after`` if set)
@@ -73,6 +79,7 @@ class Simulator:
         self.killed = False
         self._root_arg = root
         self._checkpoint_names = checkpoints
+        self._object_info = object_info  # serve and validate against this /object_info (see served.py)
         self.root: Path | None = None
         self.files: Files | None = None
         self.nodes: dict[str, NodeClass] = {}
@@ -102,6 +109,8 @@ class Simulator:
             self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.files = Files(self.root)
         self.nodes = all_nodes(self._checkpoint_names, self.files.dirs["input"])
+        if self._object_info is not None:
+            self.nodes = served_nodes(self._object_info, self.nodes, self.files.dirs["input"])
         if self.partner_nodes:
             self.nodes["PartnerTextSim"] = partner_node()
         self._fresh_state()

@@ -1,0 +1,281 @@
+"""UI-format -> API-format conversion: exactly the prompts ComfyUI's frontend made, and clear refusals."""
+
+import copy
+import importlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+from ui_helpers import with_inputs
+
+from comfynb.errors import WorkflowError
+from comfynb.sim.served import served_nodes
+from comfynb.sim.validation import validate_prompt
+from comfynb.uiformat import ui_to_api, widget_names
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OBJECT_INFO = json.loads((FIXTURES / "object_info_0.8.0.json").read_text())
+_SHARED = [Path(__file__).resolve().parents[2] / "shared" / "ui-workflows", Path("/work/shared/ui-workflows")]
+SHARED = next((p for p in _SHARED if (p / "ui").is_dir()), None)
+REFERENCES = sorted(p.stem for p in (SHARED / "ui").glob("*.json")) if SHARED else []
+TEMPLATE_PACKAGES = [
+    "comfyui_workflow_templates_media_image",
+    "comfyui_workflow_templates_media_video",
+    "comfyui_workflow_templates_media_other",
+]
+
+
+def canonical(prompt: dict) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+@pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+@pytest.mark.parametrize("name", REFERENCES)
+def test_reference_workflows_convert_exactly_as_the_frontend_does(name):
+    ui = json.loads((SHARED / "ui" / f"{name}.json").read_text())
+    ref = json.loads((SHARED / "ref" / f"{name}.api.json").read_text())
+    assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
+
+
+def test_reference_set_covers_the_hard_cases():
+    manifest = json.loads((SHARED / "manifest.json").read_text()) if SHARED else []
+    if not manifest:
+        pytest.skip("shared/ui-workflows not found")
+    for feature in ("uses_subgraphs", "bypassed_nodes", "primitive_nodes", "reroute_nodes", "note_nodes"):
+        assert any(entry[feature] for entry in manifest), feature
+
+
+def test_template_corpus_converts_or_fails_clearly(capsys):
+    """Every UI workflow in the template packages converts, or is refused naming what the server lacks."""
+    files = []
+    for name in TEMPLATE_PACKAGES:
+        module = importlib.import_module(name)  # the dev extra installs them
+        files += sorted((Path(module.__file__).parent / "templates").glob("*.json"))
+    converted, failures, unconnected = 0, [], []
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and isinstance(data.get("nodes"), list)):
+            continue  # index files, not workflows
+        try:
+            prompt = ui_to_api(data, OBJECT_INFO)
+        except WorkflowError as exc:
+            assert "does not have" in str(exc), str(exc)
+            failures.append((path.stem, str(exc)))
+            continue
+        converted += 1
+        used = {c: OBJECT_INFO[c] for c in {n["class_type"] for n in prompt.values()}}
+        _, _, _, node_errors = validate_prompt(copy.deepcopy(prompt), served_nodes(with_inputs(used, prompt), {}))
+        for nid, entry in node_errors.items():
+            for error in entry["errors"]:
+                # the only problem a real server would find: an input the template itself leaves unconnected
+                assert error["type"] == "required_input_missing", (path.stem, nid, error)
+                unconnected.append(f"{path.stem}: node {nid} ({entry['class_type']}) input {error['details']}")
+        for nid, node in prompt.items():
+            assert node["class_type"] in OBJECT_INFO, (path.stem, nid)
+            for value in node["inputs"].values():
+                if isinstance(value, list):
+                    assert value[0] in prompt and isinstance(value[1], int), (path.stem, nid, value)
+    total = converted + len(failures)
+    with capsys.disabled():
+        print(f"\ntemplate corpus: {converted}/{total} converted ({converted / total:.0%}) against ComfyUI 0.8.0")
+        print("  converted, and validated against ComfyUI 0.8.0's node definitions (models and inputs assumed present)")
+        for line in unconnected:
+            print(f"  {line}: left unconnected in the template, so the server refuses it as ComfyUI's frontend would")
+        print("  refused:")
+        for stem, message in failures:
+            print(f"  {stem}: {message.splitlines()[0]} {' '.join(m.strip() for m in message.splitlines()[1:-1])}")
+    assert total > 100 and converted >= 98
+
+
+def test_widget_order_skips_control_and_upload_values():
+    assert widget_names(OBJECT_INFO["KSampler"])[:3] == [
+        ("seed", True),
+        ("control_after_generate", False),
+        ("steps", True),
+    ]
+    assert widget_names(OBJECT_INFO["LoadImage"]) == [("image", True), ("upload", False)]
+
+
+def node(nid, kind, inputs=(), outputs=(), values=None, mode=0, **extra):
+    return {
+        "id": nid,
+        "type": kind,
+        "mode": mode,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "widgets_values": values if values is not None else [],
+        **extra,
+    }
+
+
+def small_ui(mode=0):
+    """checkpoint -> LoRA (mode) -> KSampler, plus a note and a primitive feeding steps."""
+    return {
+        "nodes": [
+            node(
+                1,
+                "CheckpointLoaderSimple",
+                outputs=[{"name": "MODEL", "type": "MODEL", "links": [1]}],
+                values=["a.safetensors"],
+            ),
+            node(
+                2,
+                "LoraLoaderModelOnly",
+                inputs=[{"name": "model", "type": "MODEL", "link": 1}],
+                outputs=[{"name": "MODEL", "type": "MODEL", "links": [2]}],
+                values=["l.safetensors", 0.8],
+                mode=mode,
+            ),
+            node(
+                3,
+                "KSampler",
+                inputs=[
+                    {"name": "model", "type": "MODEL", "link": 2},
+                    {"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": 3},
+                ],
+                values=[5, "randomize", 20, 7.5, "euler", "normal", 1.0],
+                title="Sampler",
+            ),
+            node(4, "Note", values=["hello"]),
+            node(5, "PrimitiveNode", outputs=[{"name": "INT", "type": "INT", "links": [3]}], values=[33, "fixed"]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 5, 0, 3, 1, "INT"]],
+    }
+
+
+def test_small_workflow_bypass_mute_primitive_note():
+    plain = ui_to_api(small_ui(), OBJECT_INFO)
+    assert set(plain) == {"1", "2", "3"}
+    assert plain["3"]["inputs"]["model"] == ["2", 0]
+    assert plain["3"]["inputs"]["steps"] == 33 and plain["3"]["inputs"]["seed"] == 5
+    assert "control_after_generate" not in plain["3"]["inputs"]
+    assert plain["3"]["_meta"]["title"] == "Sampler" and plain["1"]["_meta"]["title"] == "Load Checkpoint"
+    bypassed = ui_to_api(small_ui(mode=4), OBJECT_INFO)
+    assert set(bypassed) == {"1", "3"} and bypassed["3"]["inputs"]["model"] == ["1", 0]
+    muted = ui_to_api(small_ui(mode=2), OBJECT_INFO)
+    assert set(muted) == {"1", "3"} and "model" not in muted["3"]["inputs"]
+
+
+def test_unknown_node_types_are_listed_with_close_matches():
+    ui = small_ui()
+    ui["nodes"][2]["type"] = "KSamplr"
+    ui["nodes"].append(node(9, "MyCustomThing"))
+    with pytest.raises(WorkflowError) as err:
+        ui_to_api(ui, OBJECT_INFO)
+    text = str(err.value)
+    assert "2 node type(s)" in text and "KSamplr (node 3)" in text and "did you mean KSampler" in text
+    assert "MyCustomThing (node 9)" in text
+
+
+def test_list_widget_values_are_wrapped():
+    info = {
+        "ListNode": {
+            "input": {"required": {"xs": ["STRING", {}]}},
+            "output": [],
+            "output_node": True,
+            "name": "ListNode",
+            "display_name": "List",
+        }
+    }
+    prompt = ui_to_api({"nodes": [node(1, "ListNode", values=[[1, 2]])], "links": []}, info)
+    assert prompt["1"]["inputs"]["xs"] == {"__value__": [1, 2]}
+
+
+def test_ambiguous_links_and_group_nodes_are_refused_clearly():
+    ui = small_ui()
+    ui["links"].append([2, 1, 0, 3, 0, "MODEL"])  # link 2 again, from another node
+    with pytest.raises(WorkflowError, match="link 2 in the workflow is ambiguous: it is listed twice"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = small_ui()
+    ui["links"].append([2, 2, 0, 3, 0, "MODEL"])  # an exact duplicate is harmless
+    assert ui_to_api(ui, OBJECT_INFO)["3"]["inputs"]["model"] == ["2", 0]
+    ui["nodes"].append(node(7, "workflow>My group"))
+    ui["extra"] = {"groupNodes": {"My group": {"nodes": [], "links": []}}}
+    with pytest.raises(WorkflowError, match="node 7 is a legacy group node .*Convert to subgraph"):
+        ui_to_api(ui, OBJECT_INFO)
+
+
+def test_dict_widget_values_map_by_name_and_missing_values_take_defaults():
+    ui = {"nodes": [node(1, "EmptyLatentImage", values={"height": 768, "width": 640})], "links": []}
+    assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 640, "height": 768, "batch_size": 1}
+    ui = {"nodes": [node(1, "EmptyLatentImage", values=[320])], "links": []}
+    assert ui_to_api(ui, OBJECT_INFO)["1"]["inputs"] == {"width": 320, "height": 512, "batch_size": 1}
+
+
+def test_modes_set_on_a_converted_workflow_show_in_its_ui_workflow():
+    from comfynb import Workflow
+
+    wf = Workflow.load(small_ui(), object_info=OBJECT_INFO)
+    assert wf.ui_workflow() is wf.ui
+    wf["LoraLoaderModelOnly@bypass"] = True
+    assert wf["LoraLoaderModelOnly@bypass"] is True and "2" not in wf.to_api()
+    assert wf.to_api()["3"]["inputs"]["model"] == ["1", 0]
+    shown = {n["id"]: n["mode"] for n in wf.ui_workflow()["nodes"]}
+    assert shown[2] == 4 and shown[1] == 0 and wf.ui["nodes"][1]["mode"] == 0  # the original is untouched
+    wf["LoraLoaderModelOnly@bypass"] = False
+    wf["1@mute"] = True
+    assert {n["id"]: n["mode"] for n in wf.ui_workflow()["nodes"]}[1] == 2
+    with pytest.raises(WorkflowError, match="takes True or False"):
+        wf["1@mute"] = "yes"
+
+
+def test_dynamic_combo_widgets_follow_the_chosen_option():
+    ui = {
+        "nodes": [
+            node(1, "LoadImage", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1]}], values=["a.png", "image"]),
+            node(
+                2,
+                "ResizeImageMaskNode",
+                inputs=[{"name": "input", "type": "IMAGE,MASK", "link": 1}],
+                values=["scale dimensions", 1280, 720, "center", "lanczos"],
+            ),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+    }
+    assert ui_to_api(ui, OBJECT_INFO)["2"]["inputs"] == {
+        "resize_type": "scale dimensions",
+        "resize_type.width": 1280,
+        "resize_type.height": 720,
+        "resize_type.crop": "center",
+        "scale_method": "lanczos",
+        "input": ["1", 0],
+    }
+    ui["nodes"][1]["widgets_values"] = ["scale by multiplier", 2.0, "area"]
+    assert ui_to_api(ui, OBJECT_INFO)["2"]["inputs"] == {
+        "resize_type": "scale by multiplier",
+        "resize_type.multiplier": 2.0,
+        "scale_method": "area",
+        "input": ["1", 0],
+    }
+
+
+@pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+def test_damaged_files_get_a_workflow_error_never_a_crash():
+    """Random damage to real workflows (values replaced or removed): converted, or a WorkflowError."""
+    rng = random.Random(20260)
+    originals = [json.loads((SHARED / "ui" / f"{name}.json").read_text()) for name in REFERENCES]
+    junk = [None, 1, -10, 3.5, True, "x", [], {}, [1], {"a": 1}]
+    refused = 0
+    for _ in range(600):
+        ui = copy.deepcopy(rng.choice(originals))
+        for _ in range(rng.randint(1, 3)):
+            parent, key, current = None, None, ui
+            for _ in range(rng.randint(1, 6)):
+                if not isinstance(current, (dict, list)) or not current:
+                    break
+                parent = current
+                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
+                current = current[key]
+            if parent is None:
+                continue
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[key]
+            else:
+                parent[key] = rng.choice(junk)
+        try:
+            ui_to_api(ui, OBJECT_INFO)
+        except WorkflowError as exc:
+            refused += 1
+            assert str(exc)
+    assert refused > 50  # the damage did reach the checks
