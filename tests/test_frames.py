@@ -192,13 +192,10 @@ def test_parquet_round_trip():
     assert [list(x) for x in back.images] == df.images.tolist()
 
 
-def test_ten_thousand_entries_build_fast():
-    import time
-
+def test_ten_thousand_entries_build_a_frame():
+    """How fast is bench/frame_build.py's business (it prints the figures); here, that it works."""
     from bench.frame_build import synthetic_entry
 
     entries = [synthetic_entry(i) for i in range(10_000)]
-    start = time.perf_counter()
     df = frame_from_history(entries, SERVER)
-    assert time.perf_counter() - start < 2.0  # bench target is 1 s; slack for a loaded CI machine
     assert len(df) == 10_000 and (df.status == "interrupted").sum() == 1000
