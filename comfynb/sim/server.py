@@ -34,6 +34,7 @@ class Simulator(Protocol):
 
     host: str
     port: int
+    alive: bool
     jobs_api: bool
     engine: Any
     hub: Any
@@ -139,10 +140,12 @@ class _Routes:
     @web.middleware
     async def fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         faults = self.sim.faults
+        self._alive(request)
         delay = faults.slow(request.path)
         if delay > 0:  # received in full, then handled late: even if the client gave up meanwhile
             await request.read()
             await asyncio.sleep(delay)
+            self._alive(request)
         if faults.http_error(request.path):
             return _fault_answer(faults.http_error_status)
         response = await handler(request)
@@ -154,6 +157,14 @@ class _Routes:
         if faults.lose_response(request.path) and request.transport is not None:
             request.transport.close()  # handled, but the client never hears back
         return response
+
+    def _alive(self, request: web.Request) -> None:
+        """A request that slipped in as the server went down (restart, kill) is dropped: a process
+        going down takes no more work, and the fresh one never saw it."""
+        if not self.sim.alive:
+            if request.transport is not None:
+                request.transport.close()
+            raise web.HTTPServiceUnavailable(text="the server is down")
 
     @web.middleware
     async def error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:

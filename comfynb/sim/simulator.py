@@ -88,6 +88,7 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self.alive = False  # running (False before start, and from a restart or kill until it is back)
         self._tasks: set[asyncio.Task] = set()
         self._retired: list[Engine | CloudEngines] = []
         self._coming_up: asyncio.Task | None = None
@@ -234,6 +235,7 @@ class Simulator:
 
     async def _listen(self) -> None:
         self._listener = await self._loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
+        self.alive = True
         self.port = self._listener.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
 
@@ -271,6 +273,8 @@ class Simulator:
             running = [engine.running[1]] if engine.running is not None else []
             abandoned = running + [entry[1] for entry in sorted(engine.pending)]
         outage = self.ledger.down(kind, abandoned)
+        if kind != "partition":  # a process going down drops the requests inside it; a cut-off one goes on
+            self.alive = False
         if self._listener is not None:
             self._listener.close()
             self._listener = None
