@@ -13,6 +13,7 @@ gathers its inputs for the pool's dispatch.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -83,3 +84,22 @@ class Burst:
             return []
         spent.add(state.prompt_id)  # the pool sends it to one of these
         return clouds
+
+    def stranded(self, state: Any, pool: Any) -> str | None:
+        """Why a prompt the cloud may not take (its sweep's budget is spent) can never run: every
+        local server able to run it has been down for ``give_up_after`` s. None while one may return."""
+        give_up = pool.settings.give_up_after
+        spent = self.used[(state.tags or {}).get("sweep_id")]
+        if give_up is None or self.max_cloud_jobs is None or len(spent) < self.max_cloud_jobs:
+            return None
+        able = pool._able(state)
+        local = [
+            s for s in pool.servers if not s.transport.profile.cloud and not isinstance(able, Exception) and s in able
+        ]
+        now = time.monotonic()
+        if any(s.health != "down" or s.down_since is None or now - s.down_since < give_up for s in local):
+            return None
+        return (
+            f"prompt {state.prompt_id} was given up: its sweep's cloud budget (max_cloud_jobs={self.max_cloud_jobs}) "
+            f"is spent and every local server that can run it has been down for {give_up:g} s"
+        )

@@ -384,6 +384,10 @@ class Pool:
             choices = [s for s in free if s in able]
             if choices and self.burst is not None:  # local servers first, the cloud for the overflow
                 choices = self.burst.choose(state, choices, self, len(self.pending) + len(skipped) + 1)
+                stranded = None if choices else self.burst.stranded(state, self)
+                if stranded is not None:  # the cloud may not take it, and no local server ever will
+                    self.drop(state, JobLost(stranded), status=LOST)
+                    continue
             if not choices:
                 skipped.append(state)  # its servers are busy or down; later jobs may still go
                 continue

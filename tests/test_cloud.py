@@ -414,3 +414,18 @@ def test_failover_from_a_dead_local_server_to_the_cloud(start, connect):
     for seed, job in enumerate(jobs):
         assert seed_of(job) == seed
     assert any(job.server == sim.url for job in jobs)
+
+
+def test_prompts_the_cloud_budget_cannot_take_end_once_every_local_server_is_gone(start, connect):
+    """A mixed session whose local server died for good: the cloud takes what its budget allows,
+    and the rest end as lost after give_up_after instead of waiting forever."""
+    local = start(node_times={"KSampler": 0.05})
+    sim = start(cloud=True, api_key=KEY, max_parallel=3)
+    session = connect([local.url, cn.Cloud(sim.url)], api_key=KEY, burst_after=0, max_cloud_jobs=1, give_up_after=1.0)
+    local.kill()
+    jobs = [session.submit(txt2img(seed)) for seed in range(3)]
+    ended = [job for job in cn.as_completed(jobs, timeout=WAIT)]
+    assert len(ended) == 3
+    assert sum(job.status == "success" and job.server == sim.url for job in jobs) == 1  # the budget
+    lost = [job for job in jobs if job.status == "lost"]
+    assert len(lost) == 2 and all("cloud budget (max_cloud_jobs=1) is spent" in str(job.error) for job in lost)
