@@ -424,7 +424,7 @@ def test_prompts_the_cloud_budget_cannot_take_end_once_every_local_server_is_gon
     session = connect([local.url, cn.Cloud(sim.url)], api_key=KEY, burst_after=0, max_cloud_jobs=1, give_up_after=1.0)
     local.kill()
     jobs = [session.submit(txt2img(seed)) for seed in range(3)]
-    ended = [job for job in cn.as_completed(jobs, timeout=WAIT)]
+    ended = list(cn.as_completed(jobs, timeout=WAIT))
     assert len(ended) == 3
     assert sum(job.status == "success" and job.server == sim.url for job in jobs) == 1  # the budget
     lost = [job for job in jobs if job.status == "lost"]
