@@ -139,6 +139,17 @@ class Connection:
             else:  # CLOSE, CLOSING, CLOSED, ERROR (a missed pong ends up here too)
                 if msg.type is aiohttp.WSMsgType.ERROR:
                     self.last_error = TransportError(f"WebSocket to {self.transport.url} failed: {msg.data}")
+                    if (
+                        isinstance(msg.data, aiohttp.WebSocketError)
+                        and msg.data.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                    ):
+                        log.warning(
+                            "%s sent a WebSocket frame over the %d bytes allowed (Limits.ws_frame); it was refused "
+                            "and the socket reconnects (raise it with Session(..., limits=Limits(ws_frame=...)))",
+                            self.transport.url,
+                            self.transport.limits.ws_frame,
+                            extra={"server": self.transport.url},
+                        )
                 log.info("WebSocket to %s ended (%s)", self.transport.url, msg.type.name)
                 return received
 

@@ -248,6 +248,12 @@ from comfynb.results import ImageRef
 
 url, folder = sys.argv[1], Path(sys.argv[2])
 out = {}
+import logging
+warned = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        warned.append(record)
+logging.getLogger("comfynb").addHandler(Keep(logging.WARNING))
 def peak():
     # this process's own high-water mark: ru_maxrss would also count the parent that spawned us
     # (Linux carries the pre-exec peak over exec), VmHWM belongs to this address space alone
@@ -284,6 +290,7 @@ with Session(url, progress=False, timeout=timeout, reconcile_after=0.3, give_up_
     while "exceeds" not in str(server.connection.last_error) and time.monotonic() < deadline:
         time.sleep(0.05)
     out["ws"] = str(server.connection.last_error)
+    out["ws warnings"] = [r.getMessage() for r in warned if "Limits.ws_frame" in r.getMessage()]
     out["ws peak MB"] = peak()
     out["peaks"] = {k: v for k, v in out.items() if k.endswith("peak MB")}
 print(json.dumps(out), flush=True)
@@ -332,6 +339,7 @@ def test_endless_and_huge_answers_end_with_clear_errors_in_bounded_memory(hostil
     assert out["big file into memory"].startswith("TooLarge") and "100 MB" in out["big file into memory"]
     assert out["big file saved"] == "no error" and out["saved"] == len(hostile.view)
     assert "exceeds limit" in out["ws"]
+    assert out["ws warnings"]  # a warning names the limit (Limits.ws_frame) and how to raise it
     peaks = {k: v for k, v in out.items() if k.endswith("peak MB")}
     assert max(peaks.values()) < 300, peaks
 
