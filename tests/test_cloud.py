@@ -6,7 +6,6 @@ from local servers to the cloud."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -15,46 +14,18 @@ import urllib.request
 
 import aiohttp
 import pytest
+from conftest import FAST_FAILOVER as FAST
 from core.conftest import txt2img
 from PIL import Image
 
 import comfynb as cn
-from comfynb import ExecutionError, Session, Timeouts, _loop, display
+from comfynb import ExecutionError, Session, _loop, display
 from comfynb.burst import may_burst
-from comfynb.sim import Simulator
 from comfynb.sim.images import read_params
 
 KEY = "cloud-key-7f3a9c1e5b"
 PARTNER = "partner-key-42d8e6a0"
-FAST = {
-    "reconcile_after": 0.3,
-    "backoff": 0.05,
-    "progress": False,
-    "down_after": 0.2,
-    "failover_after": 0.3,
-    "timeout": Timeouts(connect=2.0, read=5.0, total=10.0, ws_heartbeat=0.5),
-}
 WAIT = 60.0
-
-
-@pytest.fixture
-def start():
-    with contextlib.ExitStack() as stack:
-        yield lambda **options: stack.enter_context(Simulator(**options).running())
-
-
-@pytest.fixture
-def connect():
-    sessions = []
-
-    def make(urls, **options):
-        session = Session(urls, **{**FAST, **options})
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def call(url: str, *, method: str = "GET", body: dict | None = None, key: str | None = KEY):

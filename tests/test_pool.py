@@ -4,7 +4,6 @@ failover and rejoining, all against real simulators over real sockets."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import socket
 import threading
@@ -12,46 +11,17 @@ import time
 import urllib.request
 
 import pytest
+from conftest import FAST_FAILOVER as FAST
 from core.conftest import txt2img
 
-from comfynb import Cancelled, CapabilityError, Interrupted, JobLost, Session, Timeouts, Workflow, as_completed
+from comfynb import Cancelled, CapabilityError, Interrupted, JobLost, Session, Workflow, as_completed
 from comfynb.capabilities import Capabilities
 from comfynb.frames import history_frame, merge_rows
 from comfynb.sim import Simulator
 from comfynb.sim.images import read_params
 from comfynb.sim.library import load_workflow
 
-FAST = {
-    "reconcile_after": 0.3,
-    "backoff": 0.05,
-    "progress": False,
-    "down_after": 0.2,
-    "failover_after": 0.3,
-    "timeout": Timeouts(connect=2.0, read=5.0, total=10.0, ws_heartbeat=0.5),
-}
 WAIT = 30.0
-
-
-@pytest.fixture
-def start():
-    """start(**options) -> a running Simulator, stopped at the end of the test."""
-    with contextlib.ExitStack() as stack:
-        yield lambda **options: stack.enter_context(Simulator(**options).running())
-
-
-@pytest.fixture
-def connect():
-    """connect(urls, **options) -> a Session with fast failure detection, closed at the end."""
-    sessions = []
-
-    def make(urls, **options):
-        session = Session(urls, **{**FAST, **options})
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def wait_until(predicate, timeout=WAIT):
