@@ -125,17 +125,22 @@ def test_sweep_shows_counts_bar_and_failures(make_session, formatter):
     assert all(f">{pid[:8]}</code>" in frame for pid in sweep.frame().prompt_id)
 
 
-def test_failures_table_has_short_ids_a_cap_and_fills_rows_never_sent(make_session, formatter):
+def test_failures_table_has_short_ids_a_cap_and_fills_rows_never_sent(make_session, formatter, monkeypatch):
     """Rows that failed before they were sent carry no tags (and, never sent, no prompt id): their
     row and parameters come from the sweep's plan. Ids are short (the full id is the tooltip) and
     not repeated in the message; beyond the cap, "+N more"."""
+    from comfynb.sweep import Sweep
+
+    real = Sweep._prompt
+
+    def failing(self, params):  # what a sweep does when building or sending a row fails: from row 1 on
+        if params["KSampler.seed"] >= 1:
+            raise ComfyError("sending the rows failed")
+        return real(self, params)
+
+    monkeypatch.setattr(Sweep, "_prompt", failing)
     session = make_session(node_time=0.3)
     sweep = session.sweep(txt2img(), grid={"KSampler.seed": range(14)}, concurrency=1, tag="unsent")
-
-    def failing(params):  # what a sweep does when building or sending a row fails
-        raise ComfyError("sending the rows failed")
-
-    sweep._prompt = failing  # every row from the next one on
     with pytest.raises(ComfyError, match="sending the rows failed"):
         sweep.result(WAIT)
     html, _ = shown(formatter, sweep)
