@@ -40,6 +40,16 @@ def route_key(path: str) -> str:
 class Faults:
     """Live fault settings plus what was injected (``counts``)."""
 
+    # The knobs, set from ``_DEFAULTS`` and ``update`` (declared here for type checkers).
+    close_every: float | None
+    close_after: int | None
+    drop: dict[str, float]
+    stall_after: int | None
+    empty_history: int
+    http_errors: dict[str, float]
+    lost_responses: dict[str, float]
+    latency: float
+
     def __init__(self, seed: int = 0, **knobs: Any):
         self.counts: Counter[str] = Counter()
         # (time.monotonic(), prompt_id or None, kind) of every targeted message dropped: when it
