@@ -150,7 +150,7 @@ def _sweep(
 
 # -- commands ----------------------------------------------------------------------------------------
 
-DEMO_GRID = {"KSampler.seed": [1, 2, 3, 4], "KSampler.cfg": [3.0, 5.5, 8.0]}
+DEMO_GRID: dict[str, list[int] | list[float]] = {"KSampler.seed": [1, 2, 3, 4], "KSampler.cfg": [3.0, 5.5, 8.0]}
 
 
 def demo(args: argparse.Namespace) -> int:

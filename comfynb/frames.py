@@ -13,7 +13,7 @@ turned back into fetchable references by :meth:`comfynb.results.FileRef.from_url
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,7 @@ def history_row(prompt_id: str, entry: Mapping[str, Any], server: str) -> dict:
             "server": server,
             **_tag_columns(tags_in(entry)),
         }
-    prompt = entry.get("prompt") or ()
+    prompt: Sequence[Any] = entry.get("prompt") or ()
     extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
     status_obj = entry.get("status") or {}
     started = finished = None
@@ -202,7 +202,7 @@ def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def _param_dtype(values: list) -> str | None:
+def _param_dtype(values: list) -> type[object] | None:
     """Let pandas infer numbers and strings, but keep JSON lists/dicts as objects (parquet-safe)."""
     return object if any(isinstance(v, (list, dict)) for v in values) else None
 

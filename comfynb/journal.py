@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,7 +276,7 @@ def _submission(row: tuple[Any, ...]) -> Submission:
 def _outcome(entry: dict | None) -> str | None:
     if entry is None:
         return None
-    prompt = entry.get("prompt") or ()
+    prompt: Sequence[Any] = entry.get("prompt") or ()
     extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
     return json.dumps(
         {

@@ -470,9 +470,9 @@ class Result:
         """Parse a ``/history/{id}`` entry. The status comes from the recorded messages first,
         because ``status_str`` says "error" for interrupts and can say "success" after a cycle error."""
         entry = check_entry(entry, server, prompt_id)
-        outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
-        status_obj = entry.get("status") if isinstance(entry.get("status"), dict) else {}
-        messages = status_obj.get("messages") if isinstance(status_obj.get("messages"), list) else []
+        outputs = entry["outputs"] if isinstance(entry.get("outputs"), dict) else {}
+        status_obj = entry["status"] if isinstance(entry.get("status"), dict) else {}
+        messages = status_obj["messages"] if isinstance(status_obj.get("messages"), list) else []
         stamps: dict[str, Any] = {}
         for msg in messages:
             if isinstance(msg, (list, tuple)) and len(msg) == 2 and isinstance(msg[1], dict):

@@ -92,6 +92,7 @@ class Plan:
         elif self.kind == "zip":
             params = {a: values[i] for a, values in self.axes}
         else:
+            assert self.rows is not None  # without rows the total is 0, so i failed the range check
             params = dict(self.rows[i])
         if self.seed:
             params[self.seed[0]] = self.seed[1][s]

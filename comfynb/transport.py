@@ -102,7 +102,7 @@ def validation_error(body: dict) -> ValidationError:
         for err in entry.get("errors") or []:
             if not isinstance(err, dict):
                 continue
-            extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+            extra = err["extra_info"] if isinstance(err.get("extra_info"), dict) else {}
             node_errors.append(
                 NodeError(
                     node_id=str(node_id),

@@ -260,7 +260,7 @@ class Workflow:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Workflow) and self._graph == other._graph and self._modes == other._modes
 
-    __hash__ = None  # mutable
+    # No __hash__: defining __eq__ alone makes instances unhashable, as a mutable graph should be.
 
     def __repr__(self) -> str:
         shown = [f"{nid} {node['class_type']}" for nid, node in list(self._graph.items())[:6]]
@@ -484,7 +484,7 @@ class Workflow:
         node = self._graph[nid]
         names = sorted((n for n in (_title(node), node["class_type"]) if n), key=len)
         for candidate in names:
-            if self._names.lookup(candidate)[1] != [nid]:  # cheap test before the full one
+            if (self._names.lookup(candidate) or ("", []))[1] != [nid]:  # cheap test before the full one
                 continue
             try:
                 if self._find(f"{candidate}.{name}") == (nid, name):

@@ -357,7 +357,8 @@ class _Run:
 
     def finish_state(self, nid: str) -> None:
         entry = self.states.get(nid)
-        self.node_state(nid, *((entry["max"], entry["max"]) if entry else (1, 1)), "finished")
+        done = entry["max"] if entry else 1
+        self.node_state(nid, done, done, "finished")
 
     def report_progress(self, nid: str, value: Any, max_: Any, preview: Any) -> None:
         """``progress_state`` + ``progress``, with the staged or preview image placed like ComfyUI:
@@ -365,7 +366,7 @@ class _Run:
         self.node_state(nid, value, max_, "running")
         data = {"value": value, "max": max_, "prompt_id": self.prompt_id, "node": nid}
         staged, self._staged = self._staged, None
-        image = staged[1:] if staged else ((preview, "JPEG") if preview is not None else None)
+        image: tuple[Any, str] | None = staged[1:] if staged else ((preview, "JPEG") if preview is not None else None)
         if image is None:
             self.hub.send("progress", data, self.client_id)
         elif self.hub.wants_metadata(self.client_id):

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Collection
 from typing import Any
 
 _DEFAULTS: dict[str, Any] = {
@@ -39,6 +40,20 @@ def route_key(path: str) -> str:
 
 class Faults:
     """Live fault settings plus what was injected (``counts``)."""
+
+    # The knobs, set from ``_DEFAULTS`` and ``update`` (declared here for type checkers).
+    close_every: float | None
+    close_after: int | None
+    drop: dict[str, float]
+    drop_for: dict[str, Collection[str]]
+    drop_next: list[Collection[str]]
+    stall_after: int | None
+    empty_history: int
+    http_errors: dict[str, float]
+    http_error_status: int
+    lost_responses: dict[str, float]
+    latency: float
+    slow_next: dict[str, float]
 
     def __init__(self, seed: int = 0, **knobs: Any):
         self.counts: Counter[str] = Counter()

@@ -166,8 +166,8 @@ class Hub:
         if sid is None:
             if self.sockets:
                 frame = text_frame(type_, data)
-                for conn in list(self.sockets.values()):
-                    conn.push(frame)
+                for each in list(self.sockets.values()):
+                    each.push(frame)
             return
         conn = self.sockets.get(sid)
         faults, kind = self.faults, kind or type_
@@ -186,8 +186,8 @@ class Hub:
     def send_binary(self, event: int, payload: bytes, sid: str | None) -> None:
         frame = struct.pack(">I", event) + payload
         if sid is None:
-            for conn in list(self.sockets.values()):
-                conn.push(frame)
+            for each in list(self.sockets.values()):
+                each.push(frame)
             return
         conn = self.sockets.get(sid)
         if conn is not None and not (self.faults.drop and self.faults.drop_message("preview")):

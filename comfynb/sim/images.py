@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Any, cast
 
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageFont, PngImagePlugin
 
@@ -49,7 +50,10 @@ class ImageBatch(_Frames):
 
     def __str__(self) -> str:
         w, h = self.size
-        return tensor_str((len(self.frames), h, w, 3), lambda i: self.frames[i[0]].getpixel((i[2], i[1]))[i[3]] / 255)
+        return tensor_str(
+            (len(self.frames), h, w, 3),
+            lambda i: cast(tuple[int, ...], self.frames[i[0]].getpixel((i[2], i[1])))[i[3]] / 255,
+        )
 
 
 @dataclass
@@ -58,7 +62,7 @@ class MaskBatch(_Frames):
 
     def __str__(self) -> str:
         w, h = self.size
-        return tensor_str((len(self.frames), h, w), lambda i: self.frames[i[0]].getpixel((i[2], i[1])) / 255)
+        return tensor_str((len(self.frames), h, w), lambda i: cast(int, self.frames[i[0]].getpixel((i[2], i[1]))) / 255)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +288,8 @@ def encode_png(image: Image.Image, text: dict[str, str] | None = None, compress_
 def png_text(source: bytes | str | Path | Image.Image) -> dict[str, str]:
     """All text chunks of a PNG given as bytes, a path or an opened image."""
     if isinstance(source, Image.Image):
-        return {k: v for k, v in (getattr(source, "text", None) or source.info).items() if isinstance(v, str)}
+        chunks = cast(dict[str, Any], getattr(source, "text", None) or source.info)  # a PNG's keys are str
+        return {k: v for k, v in chunks.items() if isinstance(v, str)}
     with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
         return png_text(im)
 

@@ -13,7 +13,7 @@ import mimetypes
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -186,12 +186,12 @@ def _info(
     *,
     optional: dict | None = None,
     hidden: dict | None = None,
-    output: list[str] = (),
+    output: Sequence[str] = (),
     output_name: list[str] | None = None,
     output_node: bool = False,
     description: str = "",
     python_module: str = "nodes",
-    output_tooltips: list[str] | None = None,
+    output_tooltips: Sequence[str | None] | None = None,
     v3: bool = False,
     experimental: bool = False,
 ) -> dict:
@@ -381,7 +381,8 @@ def _list_input_images(input_dir: Path | None) -> list[str]:
 
 async def _load_image(ctx: ExecContext, i: dict) -> NodeResult:
     await ctx.work()
-    frames, masks = [], []
+    frames: list[Image.Image] = []
+    masks: list[Image.Image] = []
     with Image.open(ctx.resolve_input(i["image"])) as img:
         for frame in ImageSequence.Iterator(img):
             frame = ImageOps.exif_transpose(frame)

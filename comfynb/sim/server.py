@@ -317,7 +317,8 @@ class _Routes:
             if fmt not in ("webp", "jpeg") or "a" in query.get("channel", ""):
                 fmt = "webp"
             quality = int(rest[-1]) if rest and rest[-1].isdigit() else 90
-            with Image.open(path) as img:
+            with Image.open(path) as opened:
+                img: Image.Image = opened
                 if fmt == "jpeg" or channel == "rgb":
                     img = img.convert("RGB")
                 body = _encode(img, fmt, quality=quality)

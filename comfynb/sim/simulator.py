@@ -187,6 +187,7 @@ class Simulator:
             async def back_up() -> None:
                 await up
 
+            assert self._loop is not None  # _on_loop raised if it were not running
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
     def partition(self, downtime: float) -> None:
@@ -201,6 +202,7 @@ class Simulator:
             async def back_up() -> None:
                 await up
 
+            assert self._loop is not None  # _on_loop raised if it were not running
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
     def kill(self) -> None:
@@ -212,17 +214,24 @@ class Simulator:
         """Close every WebSocket (no close frame, as a network drop would)."""
 
         def drop() -> None:
+            assert self.hub is not None  # started: _on_loop raises otherwise
             self.faults.counts["drop_sockets"] += self.hub.drop_all()
 
         self._on_loop(drop)
 
     def stall(self, client_id: str | None = None) -> None:
         """Make one socket (``client_id``'s, or the first registered) go silent but stay open."""
-        self._on_loop(lambda: self.hub.stall(client_id))
+
+        def stall() -> None:
+            assert self.hub is not None  # started: _on_loop raises otherwise
+            self.hub.stall(client_id)
+
+        self._on_loop(stall)
 
     # -- internals -----------------------------------------------------------------------------
 
     def _fresh_state(self) -> None:
+        assert self.files is not None  # start() made them
         engine: Engine | CloudEngines
         if self.cloud is not None:
             self.hub = CloudHub(self.faults, self.ledger)
@@ -234,6 +243,7 @@ class Simulator:
         engine.start()
 
     async def _listen(self) -> None:
+        assert self._loop is not None and self._runner is not None and self._runner.server is not None  # start() set up
         self._listener = await self._loop.create_server(self._runner.server, self.host, self.port, reuse_address=True)
         self.alive = True
         self.port = self._listener.sockets[0].getsockname()[1]
@@ -245,6 +255,7 @@ class Simulator:
         kind = "restart" if forget else "partition"
         self.faults.counts[kind] += 1
         outage = self._cut(kind)
+        assert self.engine is not None  # running
         if forget:
             self._retired.append(self.engine)
             self.engine.abandon()
@@ -260,6 +271,7 @@ class Simulator:
         self.faults.counts["kill"] += 1
         self._cut("kill")
         self.killed = True
+        assert self.engine is not None  # running
         self.engine.abandon()
         if self._coming_up is not None:
             self._coming_up.cancel()
@@ -268,6 +280,8 @@ class Simulator:
         """Refuse and drop every connection; record the outage (and, unless the server keeps
         running, the prompts it drops: the running one first, then the queue in order)."""
         engine = self.engine
+        assert engine is not None and self.hub is not None  # running
+        assert self._runner is not None and self._runner.server is not None
         abandoned = []
         if kind != "partition":
             running = [engine.running[1]] if engine.running is not None else []
@@ -302,9 +316,11 @@ class Simulator:
                 await asyncio.sleep(min(_TICK, every - (now - last)))
             else:
                 last = now
+                assert self.hub is not None  # start() made it before spawning this task
                 self.faults.counts["close_every"] += self.hub.drop_all()
 
     def _spawn(self, coro: Any) -> asyncio.Task:
+        assert self._loop is not None  # start() set it
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

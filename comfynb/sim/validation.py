@@ -286,6 +286,7 @@ def _validate_inputs(
 
     literal = {x: inputs[x] for x in hooked if x in inputs and not isinstance(inputs[x], list)}
     if literal:
+        assert cls.validate is not None  # nothing is hooked without it
         result = cls.validate(literal)
         if result is not True:
             for x in literal:
