@@ -380,7 +380,7 @@ class Pool:
             if isinstance(able, CapabilityError):
                 self.drop(state, able)
                 continue
-            able = chaining.route(state.body["prompt"], able)  # where the files it reads are
+            able = chaining.route((state.body or {}).get("prompt") or {}, able)  # where the files it reads are
             choices = [s for s in free if s in able]
             if choices and self.burst is not None:  # local servers first, the cloud for the overflow
                 choices = self.burst.choose(state, choices, self, len(self.pending) + len(skipped) + 1)

@@ -748,7 +748,8 @@ def _message(entry: dict, name: str) -> dict:
 
 def _entry_from_job(job: dict) -> dict:
     """A history-shaped entry from an ``/api/jobs/{id}`` record."""
-    workflow = job.get("workflow") if isinstance(job.get("workflow"), dict) else {}
+    given = job.get("workflow")
+    workflow: dict = given if isinstance(given, dict) else {}
     status = job.get("execution_status")
     if not status:
         ok = job.get("status") == "completed"
