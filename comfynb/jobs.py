@@ -15,7 +15,9 @@ Who decides a job's fate
     - a server forgot the job and it may not be sent again (``lost``), or it was cancelled;
     - no server can take it (capabilities, every server down for ``give_up_after``), or its
       server stayed down that long (``lost``);
-    - the user cancels a job no server holds, or closes the session (``cancelled``).
+    - the user cancels a job no server holds, or closes the session (``cancelled``);
+    - a success whose WebSocket-only outputs may be incomplete (:mod:`comfynb.wsoutputs`, a policy
+      the pool applies before it settles: run it again, fail it, or keep it).
 
     Servers report facts (:class:`comfynb.server.Listener`); the session asks the pool
     (``cancel``, ``drop``, ``adopt``, ``end_all``); nothing else writes a job's outcome.
