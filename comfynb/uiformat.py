@@ -15,6 +15,8 @@ which says which inputs are widgets and in which order their values are stored:
 - ``PrimitiveNode`` values are written into the widgets they feed; ``Reroute`` is followed;
   ``Note`` and ``MarkdownNote`` vanish;
 - subgraphs (``definitions.subgraphs``) are flattened, inner nodes getting ids like ``"18:17:3"``;
+- legacy group nodes (``workflow>Name``, defined in ``extra.groupNodes``) are flattened as the
+  frontend's GroupNodeConfig/GroupNodeHandler do, inner nodes getting ids ``"<group id>:<index>"``;
 - list values are wrapped as ``{"__value__": [...]}``; ``_meta.title`` is the node's title.
 
 The reference data in the repository's tests (real frontend output for real templates) is the
@@ -185,6 +187,9 @@ class _Dto:
     widgets: dict[str, Any] = field(default_factory=dict)  # name -> value (serialised widgets only)
     widget_order: list[str] = field(default_factory=list)
     subgraph: _Graph | None = None  # for subgraph instance nodes
+    group: _GroupConfig | None = None  # for legacy group node instances
+    group_node: _Dto | None = None  # for the inner nodes of a legacy group node: the instance
+    index: int = -1  # an inner node's position in its group definition
 
     @property
     def id(self) -> str:
@@ -323,6 +328,188 @@ def _check_shape(ui: Mapping) -> None:
                     raise _bad(f"the 'linkIds' of {key[:-1]} {slot.get('name')!r} {where}", "a list of link ids", ids)
 
 
+# -- legacy group nodes -------------------------------------------------------------------------
+
+GROUP_PREFIXES = ("workflow>", "workflow/")  # the separator was "/" before frontend 1.2.63
+PREFIX_V2 = "workflow>"  # as long as the old prefix: kind[len(PREFIX_V2):] is the group's name either way
+
+
+def _js_sorted(keys: list[int]) -> list[int]:
+    """Array.prototype.sort() without a comparator: numbers compared as strings (10 before 2)."""
+    return sorted(keys, key=str)
+
+
+class _GroupConfig:
+    """The node definition the frontend's GroupNodeConfig builds from ``extra.groupNodes[name]``:
+    which inner inputs become the group's input slots, which inner widgets its widgets, and which
+    inner outputs its outputs (all by inner node index)."""
+
+    def __init__(self, name: str, data: Mapping, info: Mapping[str, Any]):
+        self.name, self.data = name, data
+        self.nodes: list[Mapping] = list(data["nodes"])
+        self.links_from: dict[int, dict[int, list]] = {}
+        self.links_to: dict[int, dict[int, list]] = {}
+        self.external: dict[int, dict[int, Any]] = {}
+        for link in data.get("links") or ():
+            if link[0] is None:  # a link from outside the group when it was made
+                continue
+            self.links_from.setdefault(link[0], {}).setdefault(link[1], []).append(link)
+            self.links_to.setdefault(link[2], {})[link[3]] = link
+        for ext in data.get("external") or ():
+            self.external.setdefault(ext[0], {})[ext[1]] = ext[2]
+        self.inputs: dict[str, list] = {}  # the group's input.required: name -> spec (widgets and slots)
+        self.input_map: dict[int, dict[int, int]] = {}  # inner index -> inner slot -> group input slot
+        self.widget_map: dict[str, tuple[int, str]] = {}  # group widget name -> (inner index, inner input)
+        self.output_map: list[tuple[int, int]] = []  # group output slot -> (inner index, inner slot)
+        self.input_count = 0
+        seen_inputs: dict[str, int] = {}
+        converted_later = []
+        for index, node in enumerate(self.nodes):
+            kind = RENAMED.get(node["type"], node["type"])
+            if kind in ("PrimitiveNode", "Reroute") and (index in self.links_from or index in self.links_to):
+                raise WorkflowError(
+                    f"group node {PREFIX_V2}{name}: its inner node {index} is a linked {kind}, which comfynb does "
+                    "not convert inside legacy group nodes: open the workflow in ComfyUI, right-click the group "
+                    "node, Convert to subgraph, and save it again"
+                )
+            spec = info.get(kind)
+            if spec is None:  # virtual nodes (notes): the frontend skips them when it builds the definition
+                continue
+            later = self.node_inputs(index, node, spec, seen_inputs)
+            if later is not None:
+                converted_later.append(later)
+            self.node_outputs(index, spec)
+        for later in converted_later:
+            later()
+
+    def config_of(self, index: int, key: str, name: Any) -> Mapping:
+        config = (self.data.get("config") or {}).get(str(index)) or {}
+        entry = (config.get(key) or {}).get(str(name)) if isinstance(config, Mapping) else None
+        return entry if isinstance(entry, Mapping) else {}
+
+    def input_config(self, index: int, node: Mapping, name: str, seen: dict[str, int], spec: list, extra=None):
+        custom = self.config_of(index, "input", name)
+        label = next((i.get("label") for i in node.get("inputs") or () if i.get("name") == name), None)
+        shown = custom.get("name") or label or name
+        key, prefix = shown, ""
+        if (node["type"] == "PrimitiveNode" and node.get("title")) or shown in seen:
+            prefix = f"{node.get('title') or node['type']} "
+            key = shown = f"{prefix}{name}"
+            if shown in seen:
+                shown = f"{prefix}{seen[shown]} {name}"
+        seen[key] = seen.get(key, 1) + 1
+        opts = dict(_opts(spec))
+        if name in _SEEDS:
+            opts["control_after_generate"] = f"{prefix}control_after_generate"
+        opts.update(extra or {})
+        return shown, [spec[0], opts], custom
+
+    def node_inputs(self, index: int, node: Mapping, spec: Mapping, seen: dict[str, int]):
+        specs = {
+            **((spec.get("input") or {}).get("required") or {}),
+            **((spec.get("input") or {}).get("optional") or {}),
+        }
+        if not specs:
+            return None
+        slots, converted = [], {}
+        saved = list(node.get("inputs") or ())
+        for name, ispec in specs.items():
+            kind = ispec[0] if isinstance(ispec, (list, tuple)) and ispec else None
+            if isinstance(kind, list) or kind in _WIDGET_TYPES or kind == _DYNAMIC_COMBO:
+                at = next(
+                    (
+                        k
+                        for k, i in enumerate(saved)
+                        if i.get("name") == name and (i.get("widget") or {}).get("name") == name
+                    ),
+                    -1,
+                )
+                if at > -1:
+                    converted[at] = name
+                else:
+                    shown, config, _ = self.input_config(index, node, name, seen, ispec)
+                    self.inputs[shown] = config
+                    self.widget_map[shown] = (index, name)
+            else:
+                slots.append(name)
+        links_to = self.links_to.get(index, {})
+        slot_map = self.input_map.setdefault(index, {})
+        for k, name in enumerate(slots):
+            if k in links_to:
+                continue
+            shown, config, custom = self.input_config(index, node, name, seen, specs[name])
+            if custom.get("visible") is False:
+                continue
+            self.inputs[shown] = config
+            slot_map[k] = self.input_count
+            self.input_count += 1
+
+        def convert_later() -> None:
+            for k, at in enumerate(_js_sorted(list(converted))):
+                name = converted[at]
+                if len(slots) + k in links_to:
+                    continue
+                shown, config, _ = self.input_config(index, node, name, seen, specs[name], {"defaultInput": True})
+                self.inputs[shown] = config
+                self.widget_map[shown] = (index, name)
+                slot_map[len(slots) + k] = self.input_count
+                self.input_count += 1
+
+        return convert_later
+
+    def node_outputs(self, index: int, spec: Mapping) -> None:
+        for slot in range(len(spec.get("output") or ())):
+            linked = slot in self.links_from.get(index, {}) and slot not in self.external.get(index, {})
+            visible = self.config_of(index, "output", slot).get("visible", not linked)
+            if visible:
+                self.output_map.append((index, slot))
+
+    def widget_info(self) -> dict:
+        """An ``/object_info``-like entry for the group node's own widgets (see :func:`widgets`)."""
+        return {"name": PREFIX_V2 + self.name, "input": {"required": self.inputs}}
+
+
+def _check_group_shape(ui: Mapping) -> None:
+    """``extra.groupNodes``: each definition has the nodes, links and external slots the conversion reads."""
+    extra = ui.get("extra") or {}
+    groups = extra.get("groupNodes") if isinstance(extra, Mapping) else None
+    if groups is None:
+        return
+    if not isinstance(groups, Mapping):
+        raise _bad("'extra.groupNodes'", "an object (group name -> definition)", groups)
+    for name, data in groups.items():
+        where = f"in the definition of group node {PREFIX_V2}{name}"
+        if not isinstance(data, Mapping):
+            raise _bad(f"the definition of group node {PREFIX_V2}{name}", "an object", data)
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list) or not all(
+            isinstance(n, Mapping) and isinstance(n.get("type"), str) for n in nodes
+        ):
+            raise _bad(f"'nodes' {where}", "a list of nodes, each with a 'type'", nodes)
+        _check_graph_shape({"nodes": [{**n, "id": k} for k, n in enumerate(nodes)], "links": []}, where)
+        count = len(nodes)
+        links = data.get("links") or []
+        if not isinstance(links, list):
+            raise _bad(f"'links' {where}", "a list", links)
+        for link in links:
+            ok = isinstance(link, list) and len(link) >= 4
+            ok = ok and (link[0] is None or (_is_int(link[0]) and 0 <= link[0] < count))
+            ok = ok and _is_int(link[1]) and _is_int(link[2]) and 0 <= link[2] < count and _is_int(link[3])
+            if not ok:
+                raise _bad(
+                    f"a link {where}",
+                    f"[from inner node (0..{count - 1} or null), from slot, to inner node, to slot, ...]",
+                    link,
+                )
+        external = data.get("external") or []
+        if not isinstance(external, list) or not all(
+            isinstance(e, list) and len(e) >= 2 and _is_int(e[0]) and _is_int(e[1]) for e in external
+        ):
+            raise _bad(f"'external' {where}", "a list of [inner node, output slot, type]", external)
+        if not isinstance(data.get("config") or {}, Mapping):
+            raise _bad(f"'config' {where}", "an object", data.get("config"))
+
+
 # -- conversion -------------------------------------------------------------------------------
 
 
@@ -334,6 +521,9 @@ class _Converter:
         self.graphs: dict[str, _Graph] = {}
         self.root = _graph(ui)
         self.dtos: dict[str, _Dto] = {}
+        extra = ui.get("extra")
+        self.group_data: Mapping = (extra.get("groupNodes") if isinstance(extra, Mapping) else None) or {}
+        self.group_configs: dict[str, _GroupConfig] = {}
 
     # building ------------------------------------------------------------------------------
 
@@ -354,11 +544,23 @@ class _Converter:
                     if kind in stack:
                         raise WorkflowError(f"subgraph {kind} contains itself (node {where}); the workflow is broken")
                     walk(self.subgraph(kind), (*path, node["id"]), (*stack, kind))
-                elif kind.startswith(("workflow>", "workflow/")) and kind not in self.info:
-                    raise WorkflowError(
-                        f"node {where} is a legacy group node ({kind!r}), which comfynb does not convert: open the "
-                        "workflow in ComfyUI, right-click the group node, Convert to subgraph, and save it again"
-                    )
+                elif kind.startswith(GROUP_PREFIXES) and kind not in self.info:
+                    name = kind[len(PREFIX_V2) :]
+                    if name not in self.group_data:
+                        raise WorkflowError(
+                            f"node {where} is a group node ({kind!r}) but the workflow's extra.groupNodes has no "
+                            f"definition {name!r} (it has: {', '.join(map(repr, self.group_data)) or 'none'}); "
+                            "save the workflow again from the ComfyUI that made it"
+                        )
+                    if path:  # ExecutableGroupNodeChildDTO refuses these too
+                        raise WorkflowError(
+                            f"node {where} is a group node inside a subgraph, which ComfyUI's frontend does not run "
+                            "either: open the workflow in ComfyUI, convert the group node to a subgraph, and save it"
+                        )
+                    for index, inner in enumerate(self.group_data[name]["nodes"]):
+                        inner_kind = RENAMED.get(inner["type"], inner["type"])
+                        if inner_kind not in _VIRTUAL and inner_kind not in self.info:
+                            missing.setdefault(inner_kind, []).append(f"{where}:{index} in group node {kind!r}")
                 elif kind not in _VIRTUAL and kind not in self.info:
                     missing.setdefault(kind, []).append(where)
 
@@ -381,7 +583,9 @@ class _Converter:
             dto = _Dto(
                 node, graph, path, instance, kind, list(node.get("inputs") or ()), list(node.get("outputs") or ())
             )
-            if kind in self.definitions:
+            if kind.startswith(GROUP_PREFIXES) and kind not in self.info:
+                self.build_group(dto, kind[len(PREFIX_V2) :])
+            elif kind in self.definitions:
                 dto.subgraph = self.subgraph(kind)
                 dto.inputs = self.instance_inputs(node, dto.subgraph)
                 self.build(dto.subgraph, (*path, node["id"]), dto)
@@ -389,6 +593,31 @@ class _Converter:
             elif kind in self.info:
                 self.fill_widgets(dto)
             self.dtos[dto.id] = dto
+
+    def build_group(self, dto: _Dto, name: str) -> None:
+        """GroupNodeHandler.getInnerNodes: one node per definition entry, id ``"<group id>:<index>"``,
+        configured from the definition, then given the group node's widget values (updateInnerWidgets)."""
+        if name not in self.group_configs:
+            self.group_configs[name] = _GroupConfig(name, self.group_data[name], self.info)
+        config = dto.group = self.group_configs[name]
+        path = (*dto.path, dto.node["id"])
+        children = []
+        for index, inner in enumerate(config.nodes):
+            kind = RENAMED.get(inner["type"], inner["type"])
+            node = {**inner, "id": index}
+            child = _Dto(
+                node, dto.graph, path, None, kind, list(inner.get("inputs") or ()), list(inner.get("outputs") or ())
+            )
+            child.group_node, child.index = dto, index
+            if kind in self.info:
+                self.fill_widgets(child)
+            children.append(child)
+            self.dtos[child.id] = child
+        for shown, sent, value in widgets(config.widget_info(), dto.node.get("widgets_values")):
+            if sent and shown in config.widget_map:
+                index, inner_name = config.widget_map[shown]
+                if inner_name in children[index].widgets:
+                    children[index].widgets[inner_name] = value
 
     def fill_widgets(self, dto: _Dto) -> None:
         for name, sent, value in widgets(self.info[dto.type], dto.node.get("widgets_values")):
@@ -452,7 +681,7 @@ class _Converter:
     def apply_primitives(self) -> None:
         """PrimitiveNode.applyToGraph: its value goes into every widget it feeds."""
         for dto in list(self.dtos.values()):
-            if dto.type != "PrimitiveNode":
+            if dto.type != "PrimitiveNode" or dto.group_node is not None:  # unlinked inside a group node
                 continue
             values = dto.node.get("widgets_values")
             if not isinstance(values, list) or not values:
@@ -483,6 +712,8 @@ class _Converter:
         visited.add(key)
         if not 0 <= slot < len(dto.inputs):
             return None
+        if dto.group_node is not None:
+            return self.resolve_group_child_input(dto, slot)
         inp = dto.inputs[slot]
         lid = inp.get("link")
         if lid is None:
@@ -513,6 +744,8 @@ class _Converter:
         if key in visited:
             raise WorkflowError(f"node {dto.id}: its links go round in a circle; the workflow cannot be converted")
         visited.add(key)
+        if dto.group is not None:
+            return self.resolve_group_output(dto, slot, kind, visited)
         if dto.mode == BYPASSED:
             index = self.bypass_slot(dto, slot, kind)
             if index < 0:
@@ -536,6 +769,44 @@ class _Converter:
                 return self.resolve_input(dto, slot, visited, kind)
             return None
         return ("link", dto.id, slot)
+
+    def resolve_group_child_input(self, dto: _Dto, slot: int) -> tuple | None:
+        """ExecutableGroupNodeChildDTO.resolveInput: the origin as linked, not followed further (a link
+        from a bypassed, muted or virtual node is dropped at the end like any link to a missing node)."""
+        group = dto.group_node
+        assert group is not None and group.group is not None
+        config = group.group
+        outer_slot = config.input_map.get(dto.index, {}).get(slot)
+        if outer_slot is not None:  # wired through the group node's input
+            if not 0 <= outer_slot < len(group.inputs):
+                return None
+            lid = group.inputs[outer_slot].get("link")
+            link = group.graph.links.get(lid) if lid is not None else None
+            if link is None or link.origin_id not in group.graph.nodes:
+                return None
+            source = ":".join(str(p) for p in (*group.path, link.origin_id))
+            return ("link", source, link.origin_slot) if source in self.dtos else None
+        inner = config.links_to.get(dto.index, {}).get(slot)
+        if inner is None or config.nodes[inner[0]]["type"] == "PrimitiveNode":
+            return None
+        return ("link", f"{group.id}:{inner[0]}", inner[1])
+
+    def resolve_group_output(self, dto: _Dto, slot: int, kind: Any, visited: set) -> tuple | None:
+        """ExecutableGroupNodeDTO.resolveOutput: bypassed, the group passes on its first input of exactly
+        the consumer's type (its own slot first); else the output is the inner node's (updateLink)."""
+        assert dto.group is not None
+        if dto.mode == BYPASSED:
+            for index in (slot, *range(len(dto.inputs))):
+                if 0 <= index < len(dto.inputs) and dto.inputs[index].get("type") == kind:
+                    return self.resolve_input(dto, index, visited)
+            return None
+        if not 0 <= slot < len(dto.group.output_map):
+            raise WorkflowError(
+                f"group node {dto.id} ({dto.type}): its output {slot} is linked but its definition has no such "
+                "output; open the workflow in ComfyUI and save it again"
+            )
+        index, inner_slot = dto.group.output_map[slot]
+        return ("link", f"{dto.id}:{index}", inner_slot)
 
     def bypass_slot(self, dto: _Dto, slot: int, kind: Any) -> int:
         inputs = dto.inputs
@@ -562,7 +833,12 @@ class _Converter:
         self.apply_primitives()
         output: dict[str, dict] = {}
         for dto in self.dtos.values():
-            if dto.subgraph is not None or dto.type in _VIRTUAL or dto.mode in (MUTED, BYPASSED):
+            if (
+                dto.subgraph is not None
+                or dto.group is not None
+                or dto.type in _VIRTUAL
+                or dto.mode in (MUTED, BYPASSED)
+            ):
                 continue
             inputs: dict[str, Any] = {}
             for name in dto.widget_order:
@@ -618,4 +894,5 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict:
     if not is_ui_format(ui):
         raise WorkflowError("not a UI-format workflow: it has no 'nodes' list")
     _check_shape(ui)
+    _check_group_shape(ui)
     return _Converter(ui, object_info).convert()

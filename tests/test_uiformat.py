@@ -182,7 +182,7 @@ def test_list_widget_values_are_wrapped():
     assert prompt["1"]["inputs"]["xs"] == {"__value__": [1, 2]}
 
 
-def test_ambiguous_links_and_group_nodes_are_refused_clearly():
+def test_ambiguous_links_and_undefined_group_nodes_are_refused_clearly():
     ui = small_ui()
     ui["links"].append([2, 1, 0, 3, 0, "MODEL"])  # link 2 again, from another node
     with pytest.raises(WorkflowError, match="link 2 in the workflow is ambiguous: it is listed twice"):
@@ -191,8 +191,8 @@ def test_ambiguous_links_and_group_nodes_are_refused_clearly():
     ui["links"].append([2, 2, 0, 3, 0, "MODEL"])  # an exact duplicate is harmless
     assert ui_to_api(ui, OBJECT_INFO)["3"]["inputs"]["model"] == ["2", 0]
     ui["nodes"].append(node(7, "workflow>My group"))
-    ui["extra"] = {"groupNodes": {"My group": {"nodes": [], "links": []}}}
-    with pytest.raises(WorkflowError, match="node 7 is a legacy group node .*Convert to subgraph"):
+    ui["extra"] = {"groupNodes": {"Other group": {"nodes": [], "links": []}}}
+    with pytest.raises(WorkflowError, match="node 7 is a group node .*has no definition 'My group'.*'Other group'"):
         ui_to_api(ui, OBJECT_INFO)
 
 
@@ -279,3 +279,226 @@ def test_damaged_files_get_a_workflow_error_never_a_crash():
             refused += 1
             assert str(exc)
     assert refused > 50  # the damage did reach the checks
+
+
+# -- legacy group nodes ---------------------------------------------------------------------------
+
+
+def group_ui(group_mode=0, inner_negative_mode=0):
+    """A txt2img workflow whose prompts and sampler were made into the legacy group node
+    "Sampler group" (node 10), stored as the frontend stores it: ``extra.groupNodes[name]`` holds the
+    clipboard form of the inner nodes (indexes 0, 1, 2), links ``[from index, from slot, to index,
+    to slot, from node id, type]`` (from index null: the link came from outside the group) and the
+    ``external`` outputs."""
+    definition = {
+        "nodes": [
+            node(  # index 0
+                None,
+                "CLIPTextEncode",
+                inputs=[{"name": "clip", "type": "CLIP", "link": None}],
+                outputs=[{"name": "CONDITIONING", "type": "CONDITIONING", "links": []}],
+                values=["a cat"],  # overridden by the group node's widget "text"
+                title="Positive",
+            ),
+            node(  # index 1
+                None,
+                "CLIPTextEncode",
+                inputs=[{"name": "clip", "type": "CLIP", "link": None}],
+                outputs=[{"name": "CONDITIONING", "type": "CONDITIONING", "links": []}],
+                values=["ugly"],  # overridden by the group node's widget "Negative text"
+                title="Negative",
+                mode=inner_negative_mode,
+            ),
+            node(  # index 2
+                None,
+                "KSampler",
+                inputs=[
+                    {"name": "model", "type": "MODEL", "link": None},
+                    {"name": "positive", "type": "CONDITIONING", "link": None},
+                    {"name": "negative", "type": "CONDITIONING", "link": None},
+                    {"name": "latent_image", "type": "LATENT", "link": None},
+                ],
+                outputs=[{"name": "LATENT", "type": "LATENT", "links": []}],
+                values=[1, "fixed", 20, 8.0, "euler", "normal", 1.0],
+            ),
+        ],
+        "links": [
+            [0, 0, 2, 1, 11, "CONDITIONING"],
+            [1, 0, 2, 2, 12, "CONDITIONING"],
+            [None, 1, 0, 0, 4, "CLIP"],
+            [None, 1, 1, 0, 4, "CLIP"],
+            [None, 0, 2, 0, 4, "MODEL"],
+            [None, 0, 2, 3, 5, "LATENT"],
+        ],
+        "external": [[2, 0, "LATENT"]],
+    }
+    # The group's definition (GroupNodeConfig), inner node by inner node, widgets before input slots:
+    #   0 Positive: widget "text"; slot "clip" (group input 0)
+    #   1 Negative: "text" and "clip" are taken, so "Negative text" and "Negative clip" (group input 1)
+    #   2 KSampler: widgets seed (+ its control value), steps, cfg, sampler_name, scheduler, denoise;
+    #     slots model (group input 2), latent_image (group input 3); positive and negative are linked
+    #     inside the group, so they are no group inputs
+    #   outputs: only KSampler's LATENT (the CONDITIONINGs are linked inside and not external)
+    return {
+        "nodes": [
+            node(
+                4,
+                "CheckpointLoaderSimple",
+                outputs=[
+                    {"name": "MODEL", "type": "MODEL", "links": [23]},
+                    {"name": "CLIP", "type": "CLIP", "links": [21, 22]},
+                    {"name": "VAE", "type": "VAE", "links": [26]},
+                ],
+                values=["sd15.safetensors"],
+            ),
+            node(
+                5,
+                "EmptyLatentImage",
+                outputs=[{"name": "LATENT", "type": "LATENT", "links": [24]}],
+                values=[512, 512, 1],
+            ),
+            node(
+                10,
+                "workflow>Sampler group",
+                inputs=[
+                    {"name": "clip", "type": "CLIP", "link": 21},
+                    {"name": "Negative clip", "type": "CLIP", "link": 22},
+                    {"name": "model", "type": "MODEL", "link": 23},
+                    {"name": "latent_image", "type": "LATENT", "link": 24},
+                ],
+                outputs=[{"name": "LATENT", "type": "LATENT", "links": [25]}],
+                values=["a red fox in snow", "blurry, lowres", 42, "fixed", 30, 6.5, "dpmpp_2m", "karras", 0.9],
+                mode=group_mode,
+            ),
+            node(
+                8,
+                "VAEDecode",
+                inputs=[{"name": "samples", "type": "LATENT", "link": 25}, {"name": "vae", "type": "VAE", "link": 26}],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [27]}],
+            ),
+            node(9, "SaveImage", inputs=[{"name": "images", "type": "IMAGE", "link": 27}], values=["fox"]),
+        ],
+        "links": [
+            [21, 4, 1, 10, 0, "CLIP"],
+            [22, 4, 1, 10, 1, "CLIP"],
+            [23, 4, 0, 10, 2, "MODEL"],
+            [24, 5, 0, 10, 3, "LATENT"],
+            [25, 10, 0, 8, 0, "LATENT"],
+            [26, 4, 2, 8, 1, "VAE"],
+            [27, 8, 0, 9, 0, "IMAGE"],
+        ],
+        "extra": {"groupNodes": {"Sampler group": definition}},
+    }
+
+
+def expected_group_prompt():
+    """Written by hand from the frontend's rules (GroupNodeHandler, ExecutableGroupNodeDTO and
+    ExecutableGroupNodeChildDTO); the group node itself is virtual and not sent."""
+    return {
+        "4": {
+            "inputs": {"ckpt_name": "sd15.safetensors"},
+            "class_type": "CheckpointLoaderSimple",
+            "_meta": {"title": "Load Checkpoint"},
+        },
+        "5": {
+            "inputs": {"width": 512, "height": 512, "batch_size": 1},
+            "class_type": "EmptyLatentImage",
+            "_meta": {"title": "Empty Latent Image"},
+        },
+        # "10:0": inner node 0 of group node 10; its text is the group's widget "text", its clip comes
+        # through group input 0 ("clip") from node 4's CLIP output
+        "10:0": {
+            "inputs": {"text": "a red fox in snow", "clip": ["4", 1]},
+            "class_type": "CLIPTextEncode",
+            "_meta": {"title": "Positive"},
+        },
+        # "10:1": inner node 1; the group's widget "Negative text", group input 1 ("Negative clip")
+        "10:1": {
+            "inputs": {"text": "blurry, lowres", "clip": ["4", 1]},
+            "class_type": "CLIPTextEncode",
+            "_meta": {"title": "Negative"},
+        },
+        # "10:2": inner node 2; widgets from the group's seed..denoise (the "fixed" control value is
+        # not an input), model and latent_image through group inputs 2 and 3, positive and negative
+        # from the inner links (inner nodes 0 and 1)
+        "10:2": {
+            "inputs": {
+                "seed": 42,
+                "steps": 30,
+                "cfg": 6.5,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "karras",
+                "denoise": 0.9,
+                "model": ["4", 0],
+                "positive": ["10:0", 0],
+                "negative": ["10:1", 0],
+                "latent_image": ["5", 0],
+            },
+            "class_type": "KSampler",
+            "_meta": {"title": "KSampler"},
+        },
+        # group output 0 is inner node 2's output 0 (updateLink), so the decoder reads "10:2"
+        "8": {
+            "inputs": {"samples": ["10:2", 0], "vae": ["4", 2]},
+            "class_type": "VAEDecode",
+            "_meta": {"title": "VAE Decode"},
+        },
+        "9": {
+            "inputs": {"filename_prefix": "fox", "images": ["8", 0]},
+            "class_type": "SaveImage",
+            "_meta": {"title": "Save Image"},
+        },
+    }
+
+
+def test_group_node_is_flattened_with_the_frontends_ids_widgets_and_links():
+    prompt = ui_to_api(group_ui(), OBJECT_INFO)
+    assert canonical(prompt) == canonical(expected_group_prompt())
+    # the old separator "workflow/" names the same definition
+    ui = group_ui()
+    ui["nodes"][2]["type"] = "workflow/Sampler group"
+    assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(expected_group_prompt())
+    # and what the server would check passes
+    used = {c: OBJECT_INFO[c] for c in {n["class_type"] for n in prompt.values()}}
+    _, _, _, node_errors = validate_prompt(copy.deepcopy(prompt), served_nodes(with_inputs(used, prompt), {}))
+    assert node_errors == {}
+
+
+def test_group_node_bypassed_or_muted_and_inner_modes():
+    expected = expected_group_prompt()
+    # Bypassed group node (ExecutableGroupNodeDTO.resolveOutput): the decoder's LATENT input is
+    # wired to the group's first input of type LATENT (group input 3, from node 5); the inner
+    # nodes keep their own modes and are still sent.
+    bypassed = ui_to_api(group_ui(group_mode=4), OBJECT_INFO)
+    assert bypassed["8"]["inputs"]["samples"] == ["5", 0]
+    assert set(bypassed) == set(expected) and bypassed["10:2"] == expected["10:2"]
+    # Muted group node: the group node is virtual (never sent itself) and the frontend does not pass
+    # its mode to the inner nodes, so the prompt is the one of the active group.
+    assert canonical(ui_to_api(group_ui(group_mode=2), OBJECT_INFO)) == canonical(expected)
+    # An inner node muted in the definition is dropped, and the link to it with it.
+    muted_inner = ui_to_api(group_ui(inner_negative_mode=2), OBJECT_INFO)
+    assert "10:1" not in muted_inner and "negative" not in muted_inner["10:2"]["inputs"]
+    assert muted_inner["10:2"]["inputs"]["positive"] == ["10:0", 0]
+
+
+def test_damaged_or_unusable_group_definitions_are_refused_clearly():
+    ui = group_ui()
+    ui["extra"]["groupNodes"]["Sampler group"]["links"][0] = [0, 0, 7, 1, 11, "CONDITIONING"]  # no inner node 7
+    with pytest.raises(WorkflowError, match=r"damaged: a link in the definition of group node workflow>Sampler group"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = group_ui()
+    ui["extra"]["groupNodes"]["Sampler group"]["nodes"] = "x"
+    with pytest.raises(WorkflowError, match=r"'nodes' in the definition of group node workflow>Sampler group"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = group_ui()
+    ui["extra"]["groupNodes"]["Sampler group"]["nodes"][2]["type"] = "KSamplerXL"
+    with pytest.raises(WorkflowError, match=r"KSamplerXL \(node 10:2 in group node 'workflow>Sampler group'\)"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = group_ui()
+    ui["nodes"][2]["outputs"].append({"name": "X", "type": "LATENT", "links": [28]})
+    ui["nodes"][3]["inputs"][0]["link"] = 28  # the decoder reads a second group output
+    ui["links"].append([28, 10, 1, 8, 0, "LATENT"])  # the group has one output only
+    with pytest.raises(
+        WorkflowError, match="group node 10 .*its output 1 is linked but its definition has no such output"
+    ):
+        ui_to_api(ui, OBJECT_INFO)
