@@ -407,7 +407,8 @@ class Sweep:
                     ui = self.workflow.with_values(params).ui_workflow()
                 self.session._send_held(job, self._prompt(params), tags, ui)
             except Exception as exc:  # the row cannot be sent: neither can the ones after it
-                self._done.set_exception(exc)  # first: result() raises it, whatever ends next
+                self._stopped_at, self._stop_error = i + 1, exc  # known before a waiting caller wakes
+                self._done.set_exception(exc)  # then: result() raises it, whatever ends next
                 self.session._settle_unsent(job._state, exc)
                 self._stop(i + 1, exc)
                 return
