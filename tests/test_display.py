@@ -8,7 +8,7 @@ import re
 
 import pytest
 from IPython.core.formatters import DisplayFormatter
-from notebook_helpers import WAIT, make_session, txt2img  # noqa: F401 (fixture)
+from notebook_helpers import WAIT, make_session, txt2img, until  # noqa: F401 (fixture)
 
 from comfynb import ComfyError, ExecutionError, NodeError, ServerUnavailable, ValidationError
 from comfynb.display import register
@@ -143,6 +143,7 @@ def test_failures_table_has_short_ids_a_cap_and_fills_rows_never_sent(make_sessi
     sweep = session.sweep(txt2img(), grid={"KSampler.seed": range(14)}, concurrency=1, tag="unsent")
     with pytest.raises(ComfyError, match="sending the rows failed"):
         sweep.result(WAIT)
+    until(lambda: sweep.counts().get("error") == 13)  # row 1's job ends on comfynb's loop, just after
     html, _ = shown(formatter, sweep)
     table = html[html.index("comfynb-failures") : html.index("comfynb-frame")]
     rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
