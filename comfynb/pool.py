@@ -335,6 +335,7 @@ class Pool:
         """A POST failed in transit. The job stays where it is (the server may have it):
         reconciliation finds it when the server rejoins, or failover moves it."""
         self._mark_down(server, error)
+        self._requeue_unsent()
         self.pump()  # a job that never left the client goes elsewhere at once
 
     # -- dispatch ------------------------------------------------------------------------------------
@@ -349,7 +350,6 @@ class Pool:
 
     def pump(self) -> None:
         """Send waiting jobs, in order, to the least loaded server with room that can run each."""
-        self._requeue_unsent()
         if not self._started or not self.pending or self._closed:
             return
         if not any(s.ever_up for s in self.servers):  # none has ever answered: fail rather than wait
@@ -398,8 +398,8 @@ class Pool:
         self.pending.extendleft(reversed(skipped))
 
     def _requeue_unsent(self) -> None:
-        """Jobs dispatched to a server that was marked down before their POST left: nothing of them
-        is there, so they wait here again for a server that is up."""
+        """Jobs dispatched to a server that was marked down before their POST left (their submit
+        then reports it unreachable): nothing of them is there, so they wait here again."""
         for server in self.servers:
             if server.health != DOWN:
                 continue

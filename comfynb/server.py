@@ -276,10 +276,9 @@ class Server:
                 isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429
             ):
                 self.end(state, ERROR, error=exc)  # refused: it would be refused again
-            elif not state.sent:  # never left the client (the server was marked down first)
-                self.listener.unreachable(self, exc)
-            else:  # unanswered: the server may have it, so it is not sent elsewhere yet
-                state.post_error = exc
+            else:  # unanswered (the server may have it, so it stays here), or never sent (marked down first)
+                if state.sent:
+                    state.post_error = exc
                 self.listener.unreachable(self, exc)
             return
         finally:
