@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sys
 import time
 import uuid
@@ -36,6 +35,7 @@ from .errors import (
     ValidationError,
 )
 from .history import check_entry, entry_problem
+from .reads import HistoryReads
 from .results import Result
 from .settings import Settings
 from .tracker import (
@@ -48,7 +48,7 @@ from .tracker import (
     PromptState,
     Tracker,
 )
-from .transport import NotSupported, Transport
+from .transport import NotSupported, Transport, retry_delay
 
 # The session logged all of this before the server had a module of its own: users filter on it.
 log = logging.getLogger("comfynb.session")
@@ -61,7 +61,6 @@ _RETRY_AFTER = 0.5  # a failed lookup is tried again this much later (the watchd
 _UNKNOWN = "unknown"
 _FINISHED = "finished"
 _OUTCOME_MESSAGES = {SUCCESS: "execution_success", ERROR: "execution_error", INTERRUPTED: "execution_interrupted"}
-_QUICK_RETRY = 0.02  # first retry of a failed POST: most failures are single dropped requests
 _POST_SETTLE_MIN, _POST_SETTLE_MAX = 0.5, 5.0  # how long an unanswered POST may still be handled
 
 
@@ -97,6 +96,7 @@ class Server:
 
     def __init__(self, transport: Transport, client_id: str, settings: Settings, listener: Listener):
         self.transport = transport
+        self.reads = HistoryReads(transport)  # history entries of finished prompts, read together when many are
         self.client_id = client_id
         self.settings = settings
         self.listener = listener
@@ -169,6 +169,7 @@ class Server:
             await self.connection.close()
         for task in list(self._tasks):
             task.cancel()
+        self.reads.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
 
@@ -307,7 +308,6 @@ class Server:
         the queue anyway, it is deleted.
         """
         last: Exception | None = None
-        delay = _QUICK_RETRY
         unanswered = 0.0  # how long the last POST went without an answer (0: it was answered)
         if self.health == DOWN:
             raise ServerUnavailable(f"{self.url} was marked down before the prompt was sent", url=self.url)
@@ -316,8 +316,7 @@ class Server:
         self.listener.posting(self, state)
         for attempt in range(self.settings.retries + 1):
             if attempt:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = max(self.settings.backoff, delay * 2)
+                await asyncio.sleep(retry_delay(attempt, self.settings.backoff))
                 try:
                     known = await self._knows(state.prompt_id)
                     if not known and unanswered:
@@ -474,7 +473,7 @@ class Server:
         delay = _HISTORY_BACKOFF
         entry = None
         for attempt in range(_HISTORY_READS):
-            entry = await self.transport.get_history(pid)
+            entry = await self.reads.get(pid)
             if entry_problem(entry) is not None:  # malformed: outcome() ends the job with a ProtocolError
                 return _FINISHED, entry
             if _complete(entry, state):

@@ -51,6 +51,19 @@ _MAX_DELAY = 5.0
 _FIRST_RETRY = 0.015
 
 
+def retry_delay(attempt: int, backoff: float) -> float:
+    """Seconds before retry number ``attempt`` (from 1), jittered by +-50 %.
+
+    Most failures are one dropped request (a proxy's 502, a reset connection), so the first retries
+    come within tens of milliseconds (15, then 60 ms); from there the pause grows from ``backoff``,
+    doubling, up to 5 s. Two quick tries matter: at 2 % failures, one request in 2,500 fails twice,
+    and a sweep of a few hundred prompts makes thousands of requests.
+    """
+    quick = _FIRST_RETRY * 4 ** (attempt - 1)
+    base = quick if quick < backoff else backoff * 2 ** max(0, attempt - 3)
+    return min(base, _MAX_DELAY) * random.uniform(0.5, 1.5)
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds. ``read`` bounds each socket read, and the wait for an answer's headers; ``total``
@@ -370,9 +383,7 @@ class Transport:
                     error = self._connection_error(exc, f"{method} {label}", attempt)
             if error is not None:
                 raise error  # outside the except block: aiohttp's exception, with the headers, is not chained
-            # most failures are one dropped request: the first retry comes at once, later ones back off
-            base = _FIRST_RETRY if attempt == 1 else self.backoff * 2 ** (attempt - 2)
-            delay = min(base, _MAX_DELAY) * random.uniform(0.5, 1.5)
+            delay = retry_delay(attempt, self.backoff)
             log.debug("%s %s failed (%s); retry %d/%d in %.2f s", method, shown, failure, attempt, attempts - 1, delay)
             await asyncio.sleep(delay)
 
@@ -616,7 +627,7 @@ class Transport:
                     os.unlink(tmp)
             if error is not None:
                 raise error  # not chained: aiohttp's exception holds the request headers
-            await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_DELAY))
+            await asyncio.sleep(retry_delay(attempt, self.backoff))
         raise AssertionError("unreachable")  # every path above returns or raises
 
     async def view_small(self, filename: str, subfolder: str, type: str, limit: int) -> bytes | None:

@@ -19,6 +19,7 @@ import struct
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,14 +211,16 @@ class Engine:
 
     # -- history -------------------------------------------------------------------------------
 
-    def history_window(self, max_items: int | None, offset: int) -> dict:
-        """GET /history with ComfyUI's max_items/offset arithmetic (quirks included)."""
+    def history_window(self, max_items: int | None, offset: int, late: Callable[[str], bool] | None = None) -> dict:
+        """GET /history with ComfyUI's max_items/offset arithmetic (quirks included); entries for
+        which ``late`` says so are not written yet."""
         out: dict = {}
+        history = self.history if late is None else {k: v for k, v in self.history.items() if not late(k)}
         if offset < 0 and max_items is not None:
-            offset = len(self.history) - max_items
-        for i, key in enumerate(self.history):
+            offset = len(history) - max_items
+        for i, key in enumerate(history):
             if i >= offset:
-                out[key] = self.history[key]
+                out[key] = history[key]
                 if max_items is not None and len(out) >= max_items:
                     break
         return out

@@ -39,6 +39,7 @@ class Simulator(Protocol):
     engine: Any
     hub: Any
     faults: Any
+    requests: Any
     files: Any
     nodes: Any
     ledger: Any
@@ -140,6 +141,8 @@ class _Routes:
     @web.middleware
     async def fault_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         faults = self.sim.faults
+        resource = request.match_info.route.resource
+        self.sim.requests[f"{request.method} {resource.canonical if resource else request.path}"] += 1
         self._alive(request)
         delay = faults.slow(request.path)
         if delay > 0:  # received in full, then handled late: even if the client gave up meanwhile
@@ -261,7 +264,9 @@ class _Routes:
         query = request.rel_url.query
         max_items = int(query["max_items"]) if "max_items" in query else None
         offset = int(query["offset"]) if "offset" in query else -1
-        window = self.sim.engine.history_window(max_items, offset)
+        # an entry written late (the empty_history fault) is not there yet for any read
+        late = self.sim.faults.hide_history if self.sim.faults.empty_history else None
+        window = self.sim.engine.history_window(max_items, offset, late)
         for prompt_id in window:
             self.sim.ledger.told(prompt_id)
         return web.json_response(window)

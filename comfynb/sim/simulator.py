@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class Simulator:
         self.jobs_api = jobs_api
         self.faults = faults if isinstance(faults, Faults) else Faults(seed, **(faults or {}))
         self.ledger = Ledger()  # what really ran, across restarts (ledger.py)
+        self.requests: Counter[str] = Counter()  # "GET /history/{prompt_id}" -> HTTP requests received
         self.killed = False
         self._root_arg = root
         self._checkpoint_names = checkpoints
