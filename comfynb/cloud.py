@@ -13,7 +13,10 @@ for the differences:
 - ``429`` means "not now": the request was refused, so it is sent again after ``Retry-After``
   (or a backoff), however long that takes, and cannot run a prompt twice;
 - ``/api/interrupt`` stops *every* running job of the account, so comfynb never calls it there,
-  and there is no ``/free`` or history paging: those degrade with a clear message.
+  and there is no ``/free``: that degrades with a clear message; the history is paged through
+  ``/api/history_v2`` (newest first, another entry shape: :mod:`comfynb.cloudapi`);
+- a refusal for the account (402, or a 429 "Payment required") is not "busy": it fails the job
+  at once with :class:`~comfynb.errors.PaymentRequired` (:func:`account_problem`).
 
 A URL is a cloud backend when its host is ``cloud.comfy.org`` or when it is wrapped with
 :class:`Cloud` (a simulator in cloud mode, a proxy). The plan's number of parallel jobs
@@ -23,7 +26,9 @@ A URL is a cloud backend when its host is ``cloud.comfy.org`` or when it is wrap
 from __future__ import annotations
 
 import email.utils
+import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +45,13 @@ PARTNER_FIELD = "api_key_comfy_org"
 MAX_BUSY_WAIT = 30.0  # longest pause between two tries after a 429 without Retry-After
 BUSY_WARNING_EVERY = 60.0  # seconds between two warnings that a server keeps answering 429
 REDIRECTS = (301, 302, 303, 307, 308)
+# the words of the cloud's refusals for the account: its 429 "Payment required - User has not
+# paid" / "Subscription inactive", its 402 "insufficient credits" (a queue-full 429 has none of them)
+_ACCOUNT_WORDS = re.compile(r"pa(id|yment)|subscription|credit|billing|insufficient.?funds", re.IGNORECASE)
+ACCOUNT_FIX = (
+    "Check the plan and credits of the account behind the API key at https://comfy.org "
+    "(platform.comfy.org: subscription active, credits left), then submit again"
+)
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,51 @@ def busy_delay(retry_after: str | None, fallback: float) -> float:
             if when is not None:
                 return max(0.0, when.timestamp() - time.time())
     return fallback
+
+
+def account_problem(status: int, body: bytes) -> str | None:
+    """What a refused POST /prompt says is wrong with the account, or None (busy, or not a refusal).
+
+    402 is always the account (insufficient credits); a 429 is when its message speaks of payment,
+    subscription or credits, as the cloud's "Payment required - User has not paid" does.
+    """
+    if status == 402:
+        return "not enough credits (HTTP 402 Payment Required)"
+    if status != 429 or not body:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body.decode("utf-8", errors="replace")
+    words = " ".join(str(v) for v in data.values()) if isinstance(data, dict) else str(data)
+    if not _ACCOUNT_WORDS.search(words):
+        return None
+    return "the Comfy Cloud subscription is inactive or unpaid"
+
+
+def local_entry(entry: Any) -> tuple[str | None, Any]:
+    """``(prompt_id, entry)`` with the local history shape, from a ``/api/history_v2`` entry.
+
+    The cloud's ``prompt`` is an object ``{priority, prompt_id, prompt, extra_data,
+    outputs_to_execute}`` (the list view leaves out ``prompt`` and ``outputs_to_execute``); the
+    local one is ``[number, prompt_id, graph, extra_data, outputs_to_execute]``. Anything not shaped
+    so is passed on unchanged, for :func:`comfynb.history.check_entry` to name what is wrong.
+    """
+    if not isinstance(entry, Mapping):
+        return None, entry
+    prompt = entry.get("prompt")
+    pid = entry.get("prompt_id") or (prompt.get("prompt_id") if isinstance(prompt, Mapping) else None)
+    if not isinstance(prompt, Mapping):
+        return (str(pid) if pid else None), entry
+    local: list[Any] = [
+        prompt.get("priority"),
+        pid,
+        prompt.get("prompt") if prompt.get("prompt") is not None else {},
+        prompt.get("extra_data"),  # None when the list left it out: see comfynb.cloudapi.read_history
+        prompt.get("outputs_to_execute") if prompt.get("outputs_to_execute") is not None else [],
+    ]
+    rest = {k: v for k, v in entry.items() if k in ("outputs", "status", "meta")}
+    return (str(pid) if pid else None), {"prompt": local, **rest}
 
 
 def history_entry(job: dict | None) -> dict | None:

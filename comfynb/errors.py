@@ -147,6 +147,25 @@ class Interrupted(ComfyError):
         self.node_id = node_id
 
 
+class Refused(ComfyError):
+    """The server will not take the prompt, and asking again soon would not change that: the
+    prompt was not accepted (so it never runs twice); ``status`` is the HTTP status it answered."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class PaymentRequired(Refused):
+    """Comfy Cloud refuses work for the account: subscription inactive or unpaid (its 429 "Payment
+    required"), or not enough credits (402). Fixed on the account at comfy.org, not by waiting."""
+
+
+class QueueFull(Refused):
+    """The server kept answering "busy" (HTTP 429) for longer than ``max_queue_wait`` seconds."""
+
+
 class Cancelled(ComfyError):
     """The job was cancelled by the caller before it produced a result."""
 
@@ -193,7 +212,10 @@ __all__ = [
     "JobLost",
     "NodeError",
     "OutputsMissing",
+    "PaymentRequired",
     "ProtocolError",
+    "QueueFull",
+    "Refused",
     "ServerUnavailable",
     "TagError",
     "Timeout",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _loop
+from . import _loop, cloudapi
 from .history import EntryError, check_entry, entry_problem, tags_in
 from .results import output_items, output_texts, view_url
 from .tracker import SUCCESS
@@ -303,9 +303,10 @@ async def collect_history(
     per_server = []
     unsupported: NotSupported | None = None
     for transport in transports:
+        read = cloudapi.read_history if transport.profile.cloud else read_history  # newest first, other shape
         try:
-            items = await read_history(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
-        except NotSupported as exc:  # Comfy Cloud: no paged history; the other servers still count
+            items = await read(transport, tag=tag, sweep_id=sweep_id, limit=limit, page_size=page_size)
+        except NotSupported as exc:  # a cloud without /api/history_v2 (deprecated): the other servers still count
             unsupported = exc
             log.warning("history_frame: %s is left out: %s", transport.url, exc)
             continue

@@ -29,6 +29,7 @@ from .errors import (
     HTTPStatusError,
     Interrupted,
     ProtocolError,
+    Refused,
     ServerUnavailable,
     Timeout,
     TransportError,
@@ -273,7 +274,7 @@ class Server:
             state.posting = False
             if state.completed:  # the reply was lost, yet our socket saw the prompt finish
                 await self.finalize(state)
-            elif isinstance(exc, ValidationError) or (
+            elif isinstance(exc, (ValidationError, Refused)) or (
                 isinstance(exc, HTTPStatusError) and exc.status < 500 and exc.status != 429
             ):
                 self.end(state, ERROR, error=exc)  # refused: it would be refused again

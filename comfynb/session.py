@@ -86,7 +86,10 @@ class Session:
     ``cn.Cloud(url, max_jobs=)`` is a cloud backend, authenticated with ``api_key`` (or
     ``COMFY_CLOUD_API_KEY``); in a session with local servers the cloud only takes the overflow
     (``burst_after``, ``max_cloud_jobs`` per sweep: :mod:`comfynb.burst`). ``api_key_comfy_org``
-    (or ``COMFY_API_KEY``) is sent in each POST's ``extra_data`` for partner (API) nodes.
+    (or ``COMFY_API_KEY``) is sent in each POST's ``extra_data`` for partner (API) nodes. A POST
+    refused as busy (HTTP 429) is sent again until ``max_queue_wait`` s have passed (None: forever),
+    then its job ends with :class:`~comfynb.errors.QueueFull`; a refusal for the account (unpaid
+    plan, no credits) ends it at once with :class:`~comfynb.errors.PaymentRequired`.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Session:
         api_key_comfy_org: str | None = None,
         burst_after: int = 0,
         max_cloud_jobs: int | None = None,
+        max_queue_wait: float | None = 3600.0,
     ):
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -138,6 +142,7 @@ class Session:
             failover_after=failover_after,
             give_up_after=give_up_after,
             on_missing_outputs=on_missing_outputs,
+            max_queue_wait=max_queue_wait,
         )
         self.events: collections.deque = collections.deque(maxlen=max_events)
         self.simulator: Any = None  # set by Session.simulated(): the first simulator
@@ -162,6 +167,7 @@ class Session:
                 limits=limits,
                 profile=p,
                 partner_key=partner_key,
+                max_queue_wait=self.settings.max_queue_wait,
             )
             for u, p in zip(urls, profiles)
         ]

@@ -28,6 +28,7 @@ class Settings:
     failover_after: float = 30.0
     give_up_after: float | None = 300.0
     on_missing_outputs: str = "rerun"  # WebSocket outputs in doubt: "rerun", "raise" or "keep" (comfynb.wsoutputs)
+    max_queue_wait: float | None = 3600.0  # a POST refused as busy (429) for this long ends its job (QueueFull)
 
     def __post_init__(self) -> None:
         for name in ("backoff", "reconcile_after", "sign_delay", "down_after", "failover_after"):
@@ -36,3 +37,5 @@ class Settings:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if self.give_up_after is not None and not self.give_up_after >= 0:
             raise ValueError(f"give_up_after must be seconds >= 0 or None, got {self.give_up_after!r}")
+        if self.max_queue_wait is not None and not self.max_queue_wait >= 0:
+            raise ValueError(f"max_queue_wait must be seconds >= 0 or None, got {self.max_queue_wait!r}")

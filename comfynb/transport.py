@@ -31,7 +31,9 @@ from .errors import (
     ComfyError,
     HTTPStatusError,
     NodeError,
+    PaymentRequired,
     ProtocolError,
+    QueueFull,
     ServerUnavailable,
     Timeout,
     TooLarge,
@@ -179,6 +181,7 @@ class Transport:
         limits: Limits = Limits(),
         profile: cloud.Profile = cloud.LOCAL,
         partner_key: str | None = None,
+        max_queue_wait: float | None = None,
     ):
         base, url_auth = _split_url(url)
         auth = auth or url_auth
@@ -194,6 +197,7 @@ class Transport:
         self.profile = profile
         self._partner_key = partner_key  # added to each POST /prompt body, never stored (see post_prompt)
         self._busy_said = -float("inf")  # when a 429 was last reported at WARNING level
+        self.max_queue_wait = max_queue_wait  # seconds a POST may be refused as busy (None: no bound)
         self.url = base
         self._ws_url = "ws" + base[len("http") :] + "/ws"  # http -> ws, https -> wss
         self._headers = headers
@@ -457,30 +461,64 @@ class Transport:
             raise self._status_error(method, path, status, body)
         return self._decode(method, path, body)
 
+    async def call_json(
+        self, method: str, path: str, *, json: Any = None, retry: bool | None = None
+    ) -> tuple[int, Any]:
+        """(status, decoded body) of a call whose answers the caller tells apart (200, 201, 404...);
+        the body is None unless the status is 2xx. Retries GETs and HEADs by default."""
+        if retry is None:
+            retry = method.upper() in ("GET", "HEAD")
+        status, body = await self._send(method, path, json=json, retry=retry)
+        return status, self._decode(method, path, body) if 200 <= status < 300 else None
+
     async def post_prompt(self, body: dict) -> dict:
         """POST /prompt exactly once: the caller checks for a duplicate before trying again.
 
         A 429 (the server refused: busy, queue full) is not a try: the same body is sent again
-        after ``Retry-After`` (or a growing pause) for as long as it takes. The partner-node key,
-        if any, is added to this POST only, so no stored body, journal or history holds it."""
+        after ``Retry-After`` (or a growing pause) for up to ``max_queue_wait`` s, then
+        :class:`QueueFull` is raised. A refusal for the account (402, or a 429 saying the plan is
+        unpaid or inactive) raises :class:`PaymentRequired` at once: waiting would not mend it.
+        Either way the prompt was not accepted. The partner-node key, if any, is added to this POST
+        only, so no stored body, journal or history holds it."""
         delay = self.backoff
+        busy_since: float | None = None
         while True:
             answer: dict = {}
             status, raw = await self._send(
                 "POST", "/prompt", json=cloud.with_partner_key(body, self._partner_key), retry=False, headers_out=answer
             )
-            if status != 429:
+            if status not in (402, 429):
                 break
-            wait = cloud.busy_delay(answer.get("Retry-After"), delay)
-            delay = min(delay * 2, cloud.MAX_BUSY_WAIT)
+            reason = self._scrub(raw[:200].decode("utf-8", errors="replace")).strip() or "no reason given"
+            problem = cloud.account_problem(status, raw)
+            if problem is not None:
+                raise PaymentRequired(
+                    f"{self.url} refused prompt {body.get('prompt_id')} for the account (HTTP {status}: {reason}): "
+                    f"{problem}; the prompt was not run. {cloud.ACCOUNT_FIX}",
+                    url=self.url,
+                    status=status,
+                )
             now = time.monotonic()
-            loud = now - self._busy_said >= cloud.BUSY_WARNING_EVERY  # the reason may be a lapsed plan: say it
+            busy_since = now if busy_since is None else busy_since
+            left = None if self.max_queue_wait is None else self.max_queue_wait - (now - busy_since)
+            if left is not None and left <= 0:
+                raise QueueFull(
+                    f"{self.url} answered busy (HTTP 429: {reason}) to prompt {body.get('prompt_id')} for "
+                    f"{now - busy_since:.0f} s, max_queue_wait={self.max_queue_wait:g} s; the prompt was not run. "
+                    "Submit it again later, or wait longer: Session(..., max_queue_wait=None waits for ever)",
+                    url=self.url,
+                    status=429,
+                )
+            wait = cloud.busy_delay(answer.get("Retry-After"), delay)
+            wait = wait if left is None else min(wait, left)  # one last try when the bound is reached
+            delay = min(delay * 2, cloud.MAX_BUSY_WAIT)
+            loud = now - self._busy_said >= cloud.BUSY_WARNING_EVERY  # at WARNING once a minute, else INFO
             self._busy_said = now if loud else self._busy_said
             log.log(
                 logging.WARNING if loud else logging.INFO,
                 "%s is busy (HTTP 429: %s); prompt %s is sent again in %.1f s",
                 self.url,
-                self._scrub(raw[:200].decode("utf-8", errors="replace")).strip() or "no reason given",
+                reason,
                 body.get("prompt_id"),
                 wait,
             )
@@ -511,8 +549,8 @@ class Transport:
     async def get_history_page(self, max_items: int, offset: int | None = None) -> dict:
         if self.profile.cloud:
             raise NotSupported(
-                f"{self.url} (Comfy Cloud) has no paged /history; a job's outcome is read through "
-                "/api/jobs/{id} (session jobs, session.check)",
+                f"{self.url} (Comfy Cloud) has no paged /history; its /api/history_v2 is read by "
+                "comfynb.cloudapi.read_history (history_frame), a job's outcome through /api/jobs/{id}",
                 url=self.url,
                 status=404,
             )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cloudapi
 from .errors import ComfyError
 from .results import FileRef
 
@@ -99,6 +100,8 @@ async def upload(transport, image: Any, cache: dict) -> str:
 
     ``cache`` maps (server, file name) to the name the server returned; it skips repeated uploads
     within a session, and the server itself skips writing content it already holds under that name.
+    Comfy Cloud is asked first whether it holds the content (:func:`comfynb.cloudapi.reuse`): then
+    no byte is sent, whichever session uploaded it before.
     """
     if isinstance(image, FileRef):
         data, filename = image_payload(await image.fetch(), image.filename)
@@ -106,8 +109,8 @@ async def upload(transport, image: Any, cache: dict) -> str:
         data, filename = image_payload(image)
     key = (transport.url, filename)
     if key not in cache:
-        answer = await transport.upload_image(data, filename)
-        cache[key] = _input_name(answer)
+        name = await cloudapi.reuse(transport, data, filename) if transport.profile.cloud else None
+        cache[key] = name if name is not None else _input_name(await transport.upload_image(data, filename))
     return cache[key]
 
 

@@ -6,18 +6,26 @@ it; ``/api/system_stats`` stays public), the WebSocket authenticated by a ``toke
 parameter and delivering every message to all of the user's sockets (``clientId`` is ignored),
 ``max_parallel`` prompts running at once and 429 beyond the queue allowance (with or without
 ``Retry-After``), the cloud's job endpoints (``/api/jobs`` with times in seconds and
-``cancelled``, ``/api/job/{id}/status``, ``/api/history_v2``), routes the cloud lacks (``/free``,
-``/api/history``) answering 404, and ``/api/view`` answering 302 to a signed URL on a second
-local port, the "storage", which serves files by content hash and records the headers of every
-request it gets, so a test can prove the key never reached it.
+``cancelled``, ``/api/job/{id}/status``, ``/api/history_v2`` newest first in the documented
+shape), routes the cloud lacks (``/free``, ``/api/history``) answering 404, and ``/api/view``
+answering 302 to a signed URL on a second local port, the "storage", which serves files by
+content hash and records the headers of every request it gets, so a test can prove the key never
+reached it. Uploads are indexed by their BLAKE3 hash (when the ``blake3`` package is there; else
+``HEAD /api/assets/hash/...`` never finds anything) for ``HEAD /api/assets/hash/{hash}`` and
+``POST /api/assets/from-hash``; ``refuse`` answers every POST /api/prompt with the cloud's
+refusals for the account (429 "Payment required - User has not paid", 429 "Subscription
+inactive", 402 insufficient credits).
 """
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
+import re
 import secrets
+import shutil
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,13 @@ class Simulator(_Served, Protocol):
 
 PUBLIC = ("/api/system_stats", "/api/features", "/api/workflow_templates")
 CANCELLED = "cancelled"
+# CloudSettings.refuse -> the documented refusal for the account (openapi-cloud.yaml, POST /api/prompt)
+REFUSALS = {
+    "unpaid": (429, "payment_required", "Payment required - User has not paid"),
+    "inactive": (429, "subscription_inactive", "Subscription inactive"),
+    "credits": (402, "insufficient_credits", "Payment required - Insufficient credits"),
+}
+_HASH = re.compile(r"(blake3|sha256):[a-f0-9]{64}")
 
 
 @dataclass
@@ -56,7 +71,11 @@ class CloudSettings:
     max_queue: int = 0  # jobs accepted beyond max_parallel before 429 (the real cloud queues up to 100)
     retry_after: float | None = None  # seconds for the 429's Retry-After header; None: no header
     own_ids: bool = False  # ignore the client's prompt_id (undocumented either way: for tests)
-    counts: Counter = field(default_factory=Counter)  # "429", "401", "redirects", ...
+    refuse: str | None = None  # a key of REFUSALS: every POST /api/prompt is refused for the account
+    bare_history: bool = False  # /api/history_v2 lists entries without extra_data ("filtered" at its strictest)
+    counts: Counter = field(default_factory=Counter)  # "429", "401", "redirects", "uploaded_bytes", ...
+    blobs: dict[str, Path] = field(default_factory=dict)  # "blake3:<hex>" -> an input file with that content
+    assets: list[dict] = field(default_factory=list)  # what POST /api/assets/from-hash made
     storage_requests: list[dict] = field(default_factory=list)  # headers each storage request carried
 
 
@@ -226,6 +245,10 @@ class CloudRoutes(_Routes):
     async def post_prompt(self, request: web.Request) -> web.Response:
         cloud, engine = self.sim.cloud, self.sim.engine
         body = await request.json()
+        if cloud.refuse is not None:
+            status, code, message = REFUSALS[cloud.refuse]
+            cloud.counts[str(status)] += 1
+            return _error(status, code, message)
         if engine.remaining() >= cloud.max_parallel + cloud.max_queue:
             cloud.counts["429"] += 1
             headers = {"Retry-After": f"{cloud.retry_after:g}"} if cloud.retry_after is not None else None
@@ -323,20 +346,85 @@ class CloudRoutes(_Routes):
             {"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(listed), "has_more": more}}
         )
 
+    def _history_newest_first(self) -> list[tuple[str, dict]]:
+        """Ordered by creation time, newest first (the spec): a prompt that ends lands among the
+        others by when it was sent, not on top."""
+        items = list(self.sim.engine.history.items())
+        items.sort(key=lambda item: (item[1]["prompt"][3].get("create_time", 0), item[1]["prompt"][0]), reverse=True)
+        return items
+
     async def history_v2(self, request: web.Request) -> web.Response:
         query = request.rel_url.query
-        items = list(self.sim.engine.history.items())[::-1]  # newest first
-        offset = int(query.get("offset", 0))
-        end = offset + int(query["max_items"]) if "max_items" in query else None
-        entries = [_v2_entry(pid, entry, full=False) for pid, entry in items[offset:end]]
-        return web.json_response({"history": entries})
+        try:
+            offset = int(query.get("offset", 0))
+            max_items = int(query["max_items"]) if "max_items" in query else None
+        except ValueError:
+            return _error(400, "bad_request", "max_items and offset must be whole numbers")
+        if offset < 0 or (max_items is not None and max_items < 0):
+            return _error(400, "bad_request", "max_items and offset must be >= 0")
+        self.sim.cloud.counts["history_v2"] += 1
+        items = self._history_newest_first()
+        end = None if max_items is None else offset + max_items
+        listed = [_v2_entry(pid, entry) for pid, entry in items[offset:end]]
+        if self.sim.cloud.bare_history:
+            for entry in listed:
+                del entry["prompt"]["extra_data"]
+        return web.json_response({"history": listed})
 
     async def history_v2_item(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = self.sim.engine.history.get(prompt_id)
         if entry is None:
             return _error(404, "not_found", "Prompt not found")
-        return web.json_response({prompt_id: _v2_entry(prompt_id, entry, full=True)})
+        number, _, graph, extra, outputs = entry["prompt"]
+        prompt = {"priority": number, "prompt_id": prompt_id, "prompt": graph, "extra_data": extra}
+        prompt["outputs_to_execute"] = outputs
+        return web.json_response({prompt_id: {"prompt": prompt, **{k: v for k, v in entry.items() if k != "prompt"}}})
+
+    # -- assets ------------------------------------------------------------------------------
+
+    async def asset_exists(self, request: web.Request) -> web.Response:
+        digest = request.match_info["hash"]
+        if not _HASH.fullmatch(digest) or not digest.startswith("blake3:"):
+            return _error(400, "bad_request", "the hash must be blake3:<64 hex digits>")
+        self.sim.cloud.counts["asset_head"] += 1
+        path = self.sim.cloud.blobs.get(digest)
+        return web.Response(status=200 if path is not None and path.exists() else 404)
+
+    async def asset_from_hash(self, request: web.Request) -> web.Response:
+        """An ``input``-tagged asset is a file LoadImage reads under the asset's name."""
+        cloud = self.sim.cloud
+        body = await request.json()
+        digest, tags = body.get("hash"), body.get("tags")
+        if not isinstance(digest, str) or not _HASH.fullmatch(digest):
+            return _error(400, "bad_request", "hash must be blake3:<hex> or sha256:<hex>")
+        if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
+            return _error(400, "bad_request", "tags must be a list of at least one string")
+        source = cloud.blobs.get(digest)
+        if source is None or not source.exists():
+            return _error(404, "not_found", "Source asset with given hash not found")
+        data = source.read_bytes()
+        name = Path(str(body.get("name") or source.name)).name or source.name
+        target = self.sim.files.dirs["input"] / name
+        if target.exists() and target.read_bytes() != data:  # the name is taken by other content
+            name, target = source.name, source
+        created = not target.exists()
+        if created:
+            shutil.copyfile(source, target)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        asset = {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{digest}/{name}")),
+            "name": name,
+            "asset_hash": digest,
+            "size": len(data),
+            "mime_type": body.get("mime_type") or mimetypes.guess_type(name)[0] or "application/octet-stream",
+            "tags": tags,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "created_new": created,
+        }
+        cloud.assets.append(asset)
+        return web.json_response(asset, status=201 if created else 200)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -368,18 +456,37 @@ class CloudRoutes(_Routes):
         name = hashlib.sha256(data).hexdigest() + suffix
         path = self.sim.files.dirs["input"] / name
         self.sim.cloud.counts["uploads" if path.exists() else "uploads_new"] += 1
+        self.sim.cloud.counts["uploaded_bytes"] += len(data)
         if not path.exists():
             path.write_bytes(data)
+        digest = _blake3(data)
+        if digest is not None:
+            self.sim.cloud.blobs[digest] = path
         return web.json_response({"name": name, "subfolder": post.get("subfolder", ""), "type": "input"})
 
 
-def _v2_entry(prompt_id: str, entry: dict, full: bool) -> dict:
-    """A history entry with the cloud's object-shaped ``prompt``."""
-    number, _, graph, extra, outputs = entry["prompt"]
-    prompt = {"priority": number, "prompt_id": prompt_id, "extra_data": extra}
-    if full:
-        prompt.update(prompt=graph, outputs_to_execute=outputs)
-    return {"prompt_id": prompt_id, "prompt": prompt, **{k: v for k, v in entry.items() if k != "prompt"}}
+def _v2_entry(prompt_id: str, entry: dict) -> dict:
+    """A ``/api/history_v2`` list entry: ``prompt`` is a lightweight object (no graph, no
+    ``outputs_to_execute``, the workflow removed from ``extra_pnginfo``), times in ms."""
+    number, _, _, extra, _ = entry["prompt"]
+    pnginfo = extra.get("extra_pnginfo")
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+    if isinstance(pnginfo, dict):
+        extra = {**extra, "extra_pnginfo": {k: v for k, v in pnginfo.items() if k != "workflow"}}
+    listed = {"prompt_id": prompt_id, "create_time": extra.get("create_time")}
+    if isinstance(workflow, dict) and workflow.get("id"):
+        listed["workflow_id"] = workflow["id"]
+    listed["prompt"] = {"priority": number, "prompt_id": prompt_id, "extra_data": extra}
+    return {**listed, **{k: v for k, v in entry.items() if k != "prompt"}}
+
+
+def _blake3(data: bytes) -> str | None:
+    """The cloud's content hash of an upload; None when the ``blake3`` package is missing."""
+    try:
+        from blake3 import blake3
+    except ImportError:
+        return None
+    return "blake3:" + blake3(data).hexdigest()
 
 
 def build_cloud_app(sim: Simulator) -> web.Application:
@@ -398,6 +505,8 @@ def build_cloud_app(sim: Simulator) -> web.Application:
         ("POST", "/api/history", routes.post_history),
         ("GET", "/api/history_v2", routes.history_v2),
         ("GET", "/api/history_v2/{prompt_id}", routes.history_v2_item),
+        ("HEAD", "/api/assets/hash/{hash}", routes.asset_exists),
+        ("POST", "/api/assets/from-hash", routes.asset_from_hash),
         ("GET", "/api/jobs", routes.list_jobs),
         ("GET", "/api/jobs/{job_id}", routes.get_job),
         ("GET", "/api/job/{job_id}/status", routes.job_status),
