@@ -188,13 +188,31 @@ def workflow() -> comfynb.Workflow:
     return wf
 
 
+def check(sweep, roots: dict[str, str], report: Report) -> list[str]:
+    """Count a finished (or timed-out) sweep into ``report``: statuses, jobs not ended, jobs sent
+    more than once, results whose file is not their row's; its prompt ids (for the double-run
+    audit once the servers are idle)."""
+    expected = {}
+    for i, job in enumerate(sweep.jobs):  # rows are sent lazily: each row's job exists once it was sent
+        row = sweep.plan.row(i)
+        expected[job.prompt_id] = {"seed": row["KSampler.seed"], "cfg": row["KSampler.cfg"]}
+    jobs = list(sweep.jobs)
+    report.jobs += len(sweep)
+    report.unended += sum(not job.done() for job in jobs) + len(sweep) - len(jobs)  # rows never sent too
+    report.statuses.update(job.status for job in jobs if job.done())
+    report.resent += sum(job.attempts > 1 for job in jobs)
+    report.misattributed += audit.misattributed([job for job in jobs if job.done()], expected, roots)
+    return [job.prompt_id for job in jobs]
+
+
 def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int, bound: float = 1800.0) -> Report:
     """Run ``n`` prompts in sweeps of BATCH; restart server 0 at 20 % (1 s down), cut server 1 off
     at 45 % for ``partition`` s, restart server 2 at 70 % (no downtime)."""
     rng = random.Random(seed)
     report = Report()
     disruptions = [(0.2, "restart", 0, 1.0), (0.45, "partition", 1, partition), (0.7, "restart", 2, 0.0)]
-    sweeps, expected = [], {}
+    prompt_ids: list[str] = []
+    roots = dict(zip(host.urls, host.roots))
     started = time.monotonic()
     ended = 0
     report.rss.append((0, rss()))
@@ -204,7 +222,7 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
         size = min(BATCH, n - first)
         seeds = [base + first + i for i in range((size + 1) // 2)]
         sweep = session.sweep(workflow(), grid={"KSampler.seed": seeds, "KSampler.cfg": [4.0, 7.5]}, tag="soak")
-        sweeps.append(sweep)
+        timed_out = False
         try:
             for _ in sweep.as_completed(timeout=bound):
                 ended += 1
@@ -215,26 +233,21 @@ def soak(session: comfynb.Session, host, n: int, *, partition: float, seed: int,
                     report.rss.append((ended, rss()))
                     next_mark += 1000
         except comfynb.Timeout:
-            break  # counted below as not ended
+            timed_out = True  # counted below as not ended
+        prompt_ids += check(sweep, roots, report)
+        del sweep  # the session lets its jobs go: its memory must not grow with the prompts run
+        if timed_out:
+            break
+    report.unended += n - report.jobs  # rows of sweeps never started (after a time-out) did not end
+    report.jobs = n
     report.rss.append((ended, rss()))
     report.seconds = time.monotonic() - started
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not host.idle():  # late copies run now, or never
         time.sleep(0.1)
     time.sleep(0.5)
-    for sweep in sweeps:  # rows are sent lazily: each row's job exists once it was sent
-        for i, job in enumerate(sweep.jobs):
-            row = sweep.plan.row(i)
-            expected[job.prompt_id] = {"seed": row["KSampler.seed"], "cfg": row["KSampler.cfg"]}
-    jobs = [job for sweep in sweeps for job in sweep.jobs]
-    report.jobs = sum(len(sweep) for sweep in sweeps)
-    report.unended = sum(not job.done() for job in jobs) + report.jobs - len(jobs)  # rows never sent too
-    report.statuses = collections.Counter(job.status for job in jobs)
-    report.resent = sum(job.attempts > 1 for job in jobs)
-    roots = dict(zip(host.urls, host.roots))
-    report.misattributed = audit.misattributed(jobs, expected, roots)
     ledgers = host.ledgers()
-    report.doubles = audit.double_runs([job.prompt_id for job in jobs], host.roots, ledgers)
+    report.doubles = audit.double_runs(prompt_ids, host.roots, ledgers)
     t0 = min((o.start for ledger in ledgers for o in ledger.outages), default=0.0)
     names = [f"server {i}" for i in range(len(ledgers))]
     report.details = audit.explain(report.doubles, ledgers, names, t0)
@@ -265,7 +278,7 @@ def print_report(report: Report) -> bool:
     print("  by prompts ended: " + ", ".join(f"{ended}: {value:.0f}" for ended, value in mib))
     if len(mib) > 2 and mib[-1][0] > mib[1][0]:  # from the first mark on: past start-up
         slope = (mib[-1][1] - mib[1][1]) / (mib[-1][0] - mib[1][0]) * 1000
-        print(f"  growth {slope:.1f} MiB per 1000 prompts (the session keeps every job it ran, with its result)")
+        print(f"  growth {slope:.1f} MiB per 1000 prompts (each sweep is checked, then let go)")
     print("faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(report.injected.items())))
     ok = (
         not report.unended

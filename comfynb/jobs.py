@@ -47,7 +47,7 @@ class Job:
     :class:`~comfynb.results.Result`, or raise the job's error.
     """
 
-    __slots__ = ("_cancel", "_state")
+    __slots__ = ("__weakref__", "_cancel", "_state")
 
     def __init__(self, state: PromptState, cancel: Callable[[PromptState], None]):
         self._state = state

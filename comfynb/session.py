@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -171,7 +172,9 @@ class Session:
             )
             for u, p in zip(urls, profiles)
         ]
-        self._jobs: dict[str, Job] = {}
+        # prompt_id -> its Job while unfinished; once finished, a weak reference to it (see _release)
+        self._jobs: dict[str, Job | weakref.ref[Job]] = {}
+        self._gone: collections.deque[str] = collections.deque()  # ids of finished jobs let go
         self._lock = threading.Lock()
         self._closed = False
         self._record = _Record(self.events, self.journal)
@@ -278,6 +281,29 @@ class Session:
             if self._closed:
                 raise ComfyError("this session is closed")
             self._jobs[job.prompt_id] = job
+            while self._gone:  # finished jobs let go since the last one was added
+                prompt_id = self._gone.popleft()
+                held = self._jobs.get(prompt_id)
+                if isinstance(held, weakref.ref) and held() is None:
+                    del self._jobs[prompt_id]
+        job._state.future.add_done_callback(functools.partial(self._release, job.prompt_id))
+
+    def _release(self, prompt_id: str, _: object = None) -> None:
+        """A finished job stays in ``session.jobs`` while anything else holds it (a variable, a
+        sweep, a progress view), then the session lets it go, as dask's Client does with futures:
+        a long-lived kernel running sweep after sweep keeps the memory of what it keeps, not of
+        everything it ever ran. What was let go is still in the servers' history and the journal
+        (``history_frame``, ``resume``)."""
+        with self._lock:
+            job = self._jobs.get(prompt_id)
+            if isinstance(job, Job):
+                # the callback may run in any thread, amid anything (the cyclic GC): it only notes the id
+                self._jobs[prompt_id] = weakref.ref(job, lambda _: self._gone.append(prompt_id))
+
+    def _job(self, prompt_id: str) -> Job | None:
+        with self._lock:
+            held = self._jobs.get(prompt_id)
+        return held() if isinstance(held, weakref.ref) else held
 
     def _send_held(self, job: Job, prompt: dict, tags: Mapping, ui: dict | None = None) -> None:
         """Send a held job (on the loop). ``prompt`` is an API-format graph the caller checked; it is
@@ -307,16 +333,14 @@ class Session:
         asked: the job is collected from history, followed while queued or running, or sent again
         (same prompt_id) if the server lost it.
         """
-        with self._lock:
-            job = self._jobs.get(prompt_id)
+        job = self._job(prompt_id)
         if job is not None:
             return job
         state = PromptState(prompt_id, None if prompt is None else self._body(prompt, prompt_id, tags), tags)
         state.attempts = attempts
         job = Job(state, self._request_cancel)
         self._pool.adopt(state, server, entry=entry, status=status)
-        with self._lock:
-            self._jobs[prompt_id] = job
+        self._add(job)
         return job
 
     # -- sweeps, input images, history (the logic lives in sweep.py and frames.py) ----------------
@@ -471,9 +495,7 @@ class Session:
         else:  # they may still run: the journal keeps them open, for resume to follow
             self._record.journal = None
         await self._pool.close()
-        with self._lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:  # held by a sweep, or left unfinished with cancel=False
+        for job in self.jobs:  # held by a sweep, or left unfinished with cancel=False
             self._pool.drop(job._state, error_for(job._state), CANCELLED)
 
     def close(self, cancel: bool = True) -> None:
@@ -524,15 +546,25 @@ class Session:
 
     @property
     def jobs(self) -> list[Job]:
+        """This session's unfinished jobs, and its finished ones still held somewhere (a variable, a
+        sweep, a view), in submission order; finished jobs nothing holds are let go (see the
+        servers' history, ``history_frame``)."""
         with self._lock:
-            return list(self._jobs.values())
+            held = list(self._jobs.values())
+        jobs = (job() if isinstance(job, weakref.ref) else job for job in held)
+        return [job for job in jobs if job is not None]
 
     def job(self, prompt_id: str) -> Job:
-        with self._lock:
-            return self._jobs[prompt_id]
+        job = self._job(prompt_id)
+        if job is None:
+            raise KeyError(
+                f"no job {prompt_id!r} in this session (never submitted here, or finished and no longer held: "
+                "session.history_frame() or session.check() read it from the server)"
+            )
+        return job
 
     def status(self):
-        """A pandas DataFrame with one row per job of this session."""
+        """A pandas DataFrame with one row per job in :attr:`jobs` (unfinished, or still held)."""
         import pandas as pd
 
         now = time.time()
@@ -596,8 +628,7 @@ class Session:
 
     async def _check(self, prompt_id: str) -> dict:
         await asyncio.wrap_future(self._started)
-        with self._lock:
-            job = self._jobs.get(prompt_id)
+        job = self._job(prompt_id)
         state = job._state if job else None
         servers = self._pool.up()
         if state is not None and state.server is not None:

@@ -128,6 +128,8 @@ class PromptState:
     def done(self) -> bool:
         return self.status in TERMINAL
 
+_KEEP_DONE = 256  # finished prompts a tracker still knows (see Tracker._prune)
+
 
 class Tracker:
     """Routes events of one socket to the prompts registered on it."""
@@ -138,6 +140,7 @@ class Tracker:
         on_sign: Callable[[PromptState | None], None] = lambda state: None,
     ):
         self.jobs: dict[str, PromptState] = {}
+        self._prune_at = 2 * _KEEP_DONE
         self.on_complete = on_complete
         self.on_sign = on_sign  # a prompt of ours probably ended unseen (None: look at all of them)
         self.running: str | None = None  # our prompt executing on the server, as our socket saw it
@@ -149,6 +152,18 @@ class Tracker:
 
     def register(self, state: PromptState) -> None:
         self.jobs[state.prompt_id] = state
+        if len(self.jobs) > self._prune_at:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Let go of all but the latest finished prompts (amortised: when the table doubled). A
+        finished prompt's late events (none are expected) would then count as foreign; keeping
+        every one would hold every job's result for the session's life and make each status
+        message look through all of them."""
+        done = [pid for pid, state in self.jobs.items() if state.done]
+        for pid in done[: max(0, len(done) - _KEEP_DONE)]:
+            del self.jobs[pid]
+        self._prune_at = 2 * len(self.jobs) + _KEEP_DONE
 
     def forget(self, prompt_id: str) -> None:
         """Stop following a prompt here (it moved to another server): its events become foreign."""

@@ -373,3 +373,23 @@ def test_headers_that_are_not_credentials_do_not_block_tags(make_session):
     assert job.result(timeout=WAIT).status == "success"
     with pytest.raises(ValueError, match="credential"):
         session.submit(txt2img(8), tags={"note": "k3y-value-123"})
+
+
+def test_finished_jobs_nothing_holds_are_let_go_and_held_or_unfinished_ones_stay(make_session):
+    import gc
+
+    session = make_session(node_times={"KSampler": 0.3})
+    kept = session.submit(txt2img(1))
+    dropped = session.submit(txt2img(2)).prompt_id  # the Job itself is not kept
+    running = session.submit(txt2img(3)).prompt_id  # nor this one, still queued behind the others
+    kept.result(WAIT)
+    gc.collect()
+    assert running in [job.prompt_id for job in session.jobs]  # unfinished: the session holds it
+    session.job(running).result(WAIT)
+    gc.collect()
+    assert [job.prompt_id for job in session.jobs] == [kept.prompt_id]
+    with pytest.raises(KeyError, match="no longer held"):
+        session.job(dropped)
+    # what was let go is still on the server: the frame built from its history has all three
+    frame = session.history_frame()
+    assert {kept.prompt_id, dropped, running} <= set(frame["prompt_id"])

@@ -149,3 +149,18 @@ def test_an_empty_queue_while_ours_is_unfinished_is_a_sign():
     state.sent = True
     tracker.feed(frame("status", status={"exec_info": {"queue_remaining": 0}}))
     assert signs == [None]  # every sent job of ours is to be looked at
+
+
+def test_a_tracker_forgets_finished_prompts_beyond_the_latest_few_hundred_and_never_an_unfinished_one():
+    tracker = Tracker(on_complete=lambda state: None)
+    unfinished = PromptState("p-waiting", {"prompt": {}}, None)
+    tracker.register(unfinished)
+    for i in range(5000):
+        state = PromptState(f"p-{i}", {"prompt": {}}, None)
+        tracker.register(state)
+        state.settle("success")
+    assert len(tracker.jobs) < 1100  # not 5001: a long session holds no table of everything it ran
+    assert tracker.jobs["p-waiting"] is unfinished
+    assert "p-4998" in tracker.jobs  # the latest finished ones are still recognised
+    tracker.feed(frame("executing", node=None, prompt_id="p-0"))  # a forgotten one's late event
+    assert tracker.foreign == 1
