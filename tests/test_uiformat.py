@@ -38,6 +38,51 @@ def test_reference_workflows_convert_exactly_as_the_frontend_does(name):
     assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
 
 
+GROUP_NODE_REFERENCES = sorted(p.name.removesuffix(".api.json") for p in (FIXTURES / "groupnodes").glob("*.api.json"))
+
+
+@pytest.mark.parametrize("name", GROUP_NODE_REFERENCES)
+def test_group_node_workflows_convert_exactly_as_the_frontend_does(name):
+    """Legacy group nodes (with linked primitives and reroutes inside, primitives outside feeding their
+    widgets, bypassed, muted, widgets converted to inputs): the prompts frontend 1.35.9 made of them
+    (tests/fixtures/groupnodes/README.md says how)."""
+    ui = json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+    ref = json.loads((FIXTURES / "groupnodes" / f"{name}.api.json").read_text())
+    assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
+
+
+def test_group_node_references_show_what_the_frontend_does_with_primitives_and_reroutes():
+    """The facts the group-node references pin down, stated where a reader looks for them."""
+
+    def ref(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.api.json").read_text())
+
+    assert len(GROUP_NODE_REFERENCES) == 20
+    # a linked PrimitiveNode inside the group: its value (the group node's widget) goes to every input it feeds
+    inside = ref("primitive_inside")
+    assert (
+        inside["10:3"]["inputs"]["seed"] == 1234
+        and inside["10:2"]["inputs"]["width"] == 640 == inside["10:2"]["inputs"]["height"]
+    )
+    assert ref("primitive_combo_text")["10:3"]["inputs"]["sampler_name"] == "dpmpp_2m"
+    # a PrimitiveNode outside feeding a group widget: its value lands on the inner node in a file saved by
+    # a frontend before 1.16; in one saved by 1.35 (every group widget is also an input slot) the frontend
+    # drops the input, and the server then asks for it
+    assert {k: ref("primitive_outside.legacy")["8:1"]["inputs"][k] for k in ("seed", "steps")} == {
+        "seed": 98765,
+        "steps": 7,
+    }
+    assert not {"seed", "steps"} & set(ref("primitive_outside")["8:1"]["inputs"])
+    # a Reroute inside is followed to a group output, but an inner input fed through one is dropped
+    reroute = ref("reroute_inside")
+    assert reroute["7"]["inputs"]["images"] == ["11:3", 0] and reroute["11:3"]["inputs"] == {}
+    # bypassed: consumers get the checkpoint's outputs (the inner nodes are still sent); muted: the frontend
+    # does not pass the mode on, so the group runs
+    bypassed, muted = ref("bypassed"), ref("muted")
+    assert bypassed["5"]["inputs"]["model"] == ["1", 0] and "10:1" in bypassed
+    assert muted["5"]["inputs"]["model"] == ["10:1", 0]
+
+
 def test_reference_set_covers_the_hard_cases():
     manifest = json.loads((SHARED / "manifest.json").read_text()) if SHARED else []
     if not manifest:
