@@ -461,11 +461,12 @@ class _GroupConfig:
         if self.nodes[origin]["type"] != "PrimitiveNode":
             return
         value = self.primitive_specs.get(origin)
-        if value is None:
+        if value is None:  # its link is not of a widget's type, so it has no value widget
             raise WorkflowError(
-                f"group node {PREFIX_V2}{self.name}: its inner PrimitiveNode {origin} comes after the node it feeds "
-                f"({link[2]}), which ComfyUI's frontend cannot load either; open the workflow in ComfyUI, convert "
-                "the group node to nodes and back, and save it again"
+                f"group node {PREFIX_V2}{self.name}: its inner PrimitiveNode {origin} feeds input {name!r} of inner "
+                f"node {link[2]} through a link of type {link[5] if len(link) > 5 else None!r}, which is no widget "
+                "type; ComfyUI's frontend cannot load this group either. Open the workflow in ComfyUI, reconnect "
+                "the primitive and save it again"
             )
         value[1] = {**_opts(spec), "control_after_generate": True}
         self.primitive_targets.setdefault(origin, []).append((link[2], name))
@@ -927,8 +928,8 @@ class _Converter:
             if link is None:  # fed from outside the group or not at all: the frontend fails here too
                 raise WorkflowError(
                     f"group node {dto.id} ({dto.type}): its output {slot} comes from an inner Reroute that is not fed "
-                    "from inside the group, which ComfyUI's frontend cannot run either ('Failed to get node for group "
-                    "node'); open the workflow in ComfyUI, convert the group node to nodes, and save it again"
+                    "from inside the group, which ComfyUI's frontend cannot queue either (its graphToPrompt "
+                    "fails); open the workflow in ComfyUI, convert the group node to nodes, and save it again"
                 )
             index, inner_slot = link[0], link[1]
         return ("link", f"{dto.id}:{index}", inner_slot)

@@ -547,3 +547,25 @@ def test_damaged_or_unusable_group_definitions_are_refused_clearly():
         WorkflowError, match="group node 10 .*its output 1 is linked but its definition has no such output"
     ):
         ui_to_api(ui, OBJECT_INFO)
+
+
+def test_group_nodes_the_frontend_cannot_run_are_refused_clearly():
+    def fixture(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+
+    # an inner PrimitiveNode whose link is of no widget type (the frontend fails to build the group)
+    ui = fixture("primitive_inside")
+    for link in ui["extra"]["groupNodes"]["primitive_inside"]["links"]:
+        if link[0] == 0:  # the Seed primitive -> the sampler's seed
+            link[5] = "MODEL"
+    with pytest.raises(WorkflowError, match=r"inner PrimitiveNode 0 feeds input 'seed' of inner node 3 .*'MODEL'"):
+        ui_to_api(ui, OBJECT_INFO)
+    # a group output that comes from an inner Reroute fed from outside the group
+    ui = fixture("reroute_inside")
+    definition = ui["extra"]["groupNodes"]["reroute_inside"]
+    definition["links"] = [link for link in definition["links"] if link[2] != 4]  # decoder -> reroute 4 unlinked
+    definition["config"] = {"3": {"output": {"0": {"visible": False}}}}  # the decoder's output hidden
+    with pytest.raises(
+        WorkflowError, match=r"group node 11 .*its output 0 comes from an inner Reroute that is not fed"
+    ):
+        ui_to_api(ui, OBJECT_INFO)
