@@ -381,7 +381,10 @@ class _GroupConfig:
             self.links_from.setdefault(link[0], {}).setdefault(link[1], []).append(link)
             self.links_to.setdefault(link[2], {})[link[3]] = link
         for ext in data.get("external") or ():
-            self.external.setdefault(ext[0], {})[ext[1]] = ext[2]
+            # some 2024 frontends stored the inner node itself, not its index: the frontend's lookup by
+            # index never finds such an entry, so it counts for nothing
+            if _is_int(ext[0]):
+                self.external.setdefault(ext[0], {})[ext[1]] = ext[2] if len(ext) > 2 else None
         self.inputs: dict[str, list] = {}  # the group's input.required: name -> spec (widgets and slots)
         self.input_map: dict[int, dict[int, int]] = {}  # inner index -> inner slot -> group input slot
         self.widget_map: dict[str, tuple[int, str]] = {}  # group widget name -> (inner index, inner input)
@@ -596,7 +599,8 @@ def _check_group_shape(ui: Mapping) -> None:
                 )
         external = data.get("external") or []
         if not isinstance(external, list) or not all(
-            isinstance(e, list) and len(e) >= 2 and _is_int(e[0]) and _is_int(e[1]) for e in external
+            isinstance(e, list) and len(e) >= 2 and (_is_int(e[0]) or isinstance(e[0], Mapping)) and _is_int(e[1])
+            for e in external
         ):
             raise _bad(f"'external' {where}", "a list of [inner node, output slot, type]", external)
         if not isinstance(data.get("config") or {}, Mapping):

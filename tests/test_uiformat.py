@@ -57,7 +57,7 @@ def test_group_node_references_show_what_the_frontend_does_with_primitives_and_r
     def ref(name):
         return json.loads((FIXTURES / "groupnodes" / f"{name}.api.json").read_text())
 
-    assert len(GROUP_NODE_REFERENCES) == 20
+    assert len(GROUP_NODE_REFERENCES) == 21
     # a linked PrimitiveNode inside the group: its value (the group node's widget) goes to every input it feeds
     inside = ref("primitive_inside")
     assert (
