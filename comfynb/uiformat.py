@@ -454,7 +454,8 @@ class _GroupConfig:
                 )
                 if out_type == "*":
                     out_type = self.external.get(index, {}).get(0) or "*"
-            return {"input": {"required": {out_type: [out_type, {"forceInput": True}]}}, "output": [out_type]}
+            key = out_type if isinstance(out_type, str) else ",".join(map(str, out_type or ()))  # as a JS key
+            return {"input": {"required": {key: [out_type, {"forceInput": True}]}}, "output": [out_type]}
         return None  # other virtual nodes (notes): the frontend skips them
 
     def primitive_link(self, link: list, name: str, spec: Any) -> None:
@@ -926,8 +927,11 @@ class _Converter:
                 "output; open the workflow in ComfyUI and save it again"
             )
         index, inner_slot = dto.group.output_map[slot]
-        config = dto.group
+        config, seen = dto.group, set()
         while config.nodes[index]["type"] == "Reroute":  # GroupNodeHandler.updateLink follows inner reroutes
+            if index in seen:
+                raise WorkflowError(f"group node {dto.id} ({dto.type}): its inner Reroutes feed each other in a circle")
+            seen.add(index)
             link = config.links_to.get(index, {}).get(0)
             if link is None:  # fed from outside the group or not at all: the frontend fails here too
                 raise WorkflowError(

@@ -569,3 +569,22 @@ def test_group_nodes_the_frontend_cannot_run_are_refused_clearly():
         WorkflowError, match=r"group node 11 .*its output 0 comes from an inner Reroute that is not fed"
     ):
         ui_to_api(ui, OBJECT_INFO)
+
+
+def test_damaged_group_definitions_with_reroutes_never_crash_or_hang():
+    ui = json.loads((FIXTURES / "groupnodes" / "reroute_inside.json").read_text())
+    definition = ui["extra"]["groupNodes"]["reroute_inside"]
+    # the output reroute (4) and the inner one (2) feed each other
+    definition["links"] = [link for link in definition["links"] if link[2] not in (2, 4)]
+    definition["links"] += [[2, 0, 4, 0, 90, "IMAGE"], [4, 0, 2, 0, 91, "IMAGE"]]
+    definition["external"] = [[4, 0, "IMAGE"]]
+    hidden = {"output": {"0": {"visible": False}}}
+    definition["config"] = {"1": hidden, "3": hidden}  # the sampler's and decoder's outputs: reroute 4 is output 0
+    with pytest.raises(WorkflowError, match="inner Reroutes feed each other in a circle"):
+        ui_to_api(ui, OBJECT_INFO)
+    # a reroute whose link carries a list type (old files stored combo types so) is keyed as the frontend keys it
+    ui = json.loads((FIXTURES / "groupnodes" / "reroute_inside.json").read_text())
+    for link in ui["extra"]["groupNodes"]["reroute_inside"]["links"]:
+        if link[2] == 4:
+            link[5] = ["a", "b"]
+    ui_to_api(ui, OBJECT_INFO)
