@@ -311,6 +311,9 @@ def _check_graph_shape(data: Mapping, where: str) -> None:
                 raise _bad(f"an input's 'link' of {here}", "a link id (a number) or null", slot.get("link"))
             if not isinstance(slot.get("name"), str):
                 raise _bad(f"an input's 'name' of {here}", "a string", slot.get("name"))
+            widget = slot.get("widget") or {}
+            if not isinstance(widget, Mapping) or not isinstance(widget.get("name", ""), str):
+                raise _bad(f"an input's 'widget' of {here}", "an object ({'name': ...}) or absent", slot.get("widget"))
         for slot in node.get("outputs") or ():
             links = slot.get("links") or []
             if not isinstance(links, list) or not all(_is_int(x) for x in links):
@@ -420,6 +423,8 @@ class _GroupConfig:
                 return None
             first = links_from.get(0) or next(iter(links_from.values()))
             out_type = first[0][5] if len(first[0]) > 5 else None
+            if not isinstance(out_type, (str, list)):
+                raise _bad(f"the type of the link from {where}", "a type name", out_type)
             if out_type == "COMBO":
                 widget = ((node.get("outputs") or [{}])[0].get("widget") or {}).get("name")
                 target = info.get(RENAMED.get(self.nodes[first[0][2]]["type"], self.nodes[first[0][2]]["type"])) or {}
@@ -427,7 +432,7 @@ class _GroupConfig:
                     **((target.get("input") or {}).get("required") or {}),
                     **((target.get("input") or {}).get("optional") or {}),
                 }
-                if widget not in specs:
+                if not isinstance(widget, str) or widget not in specs:
                     raise WorkflowError(
                         f"{where} feeds a list widget {widget!r} its target does not have; open the workflow in "
                         "ComfyUI, reconnect it and save it again"
@@ -454,7 +459,9 @@ class _GroupConfig:
                 )
                 if out_type == "*":
                     out_type = self.external.get(index, {}).get(0) or "*"
-            key = out_type if isinstance(out_type, str) else ",".join(map(str, out_type or ()))  # as a JS key
+            if not isinstance(out_type, (str, list)):
+                raise _bad(f"the type {where} passes on", "a type name", out_type)
+            key = out_type if isinstance(out_type, str) else ",".join(map(str, out_type))  # as a JS key
             return {"input": {"required": {key: [out_type, {"forceInput": True}]}}, "output": [out_type]}
         return None  # other virtual nodes (notes): the frontend skips them
 

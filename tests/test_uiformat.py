@@ -588,3 +588,55 @@ def test_damaged_group_definitions_with_reroutes_never_crash_or_hang():
         if link[2] == 4:
             link[5] = ["a", "b"]
     ui_to_api(ui, OBJECT_INFO)
+
+
+def test_damaged_group_node_files_get_a_workflow_error_never_a_crash():
+    """Random damage inside group definitions and group node instances of the group-node references."""
+    rng = random.Random(20261)
+    originals = [json.loads((FIXTURES / "groupnodes" / f"{n}.json").read_text()) for n in GROUP_NODE_REFERENCES]
+    junk = [None, 1, -1, 7, 3.5, True, "x", "COMBO", [], {}, [1], [0, 0], {"a": 1}, {"name": "seed"}]
+    refused = 0
+    for _ in range(1500):
+        ui = copy.deepcopy(rng.choice(originals))
+        instances = [n for n in ui["nodes"] if n["type"].startswith("workflow")]
+        targets = [*ui["extra"]["groupNodes"].values(), *instances]
+        for _ in range(rng.randint(1, 3)):
+            parent, key, current = None, None, rng.choice(targets)
+            for _ in range(rng.randint(1, 5)):
+                if not isinstance(current, (dict, list)) or not current:
+                    break
+                parent = current
+                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
+                current = current[key]
+            if parent is None:
+                continue
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[key]
+            else:
+                parent[key] = rng.choice(junk)
+        try:
+            ui_to_api(ui, OBJECT_INFO)
+        except WorkflowError as exc:
+            refused += 1
+            assert str(exc)
+    assert refused > 100  # the damage did reach the checks
+
+
+def test_group_node_damage_found_by_fuzzing_is_refused_clearly():
+    def fixture(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+
+    ui = fixture("primitive_outside")  # an instance input's widget that is no object
+    next(n for n in ui["nodes"] if n["id"] == 8)["inputs"][7]["widget"] = 5
+    with pytest.raises(WorkflowError, match=r"an input's 'widget' of node 8 in the workflow must be an object"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = fixture("plain")  # a widget name that is no string, inside a definition
+    ui["extra"]["groupNodes"]["plain"]["nodes"][1]["inputs"][4]["widget"] = {"name": ["seed"]}
+    with pytest.raises(WorkflowError, match=r"an input's 'widget' of node 1 in the definition of group node"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = fixture("primitive_inside")  # the type of an inner primitive's link
+    for link in ui["extra"]["groupNodes"]["primitive_inside"]["links"]:
+        if link[0] == 0:
+            link[5] = {"a": 1}
+    with pytest.raises(WorkflowError, match=r"the type of the link from group node workflow>primitive_inside"):
+        ui_to_api(ui, OBJECT_INFO)
