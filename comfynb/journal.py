@@ -3,7 +3,8 @@
 The server's history is the record of what *finished*; it is lost on a restart, together with the
 queue. The journal is the client's record of what was *sent*: each submission (with the prompt,
 needed to resubmit it) is written before its POST, and its state is updated as it progresses.
-``Session.resume`` compares the two. Several processes may share one file: WAL mode, a busy timeout,
+``Session.resume`` compares the two. A sweep's UI workflow (what its prompts embed in their output
+files) is stored once with the sweep, not with each row, so resumed rows carry it too. Several processes may share one file: WAL mode, a busy timeout,
 and a compare-and-swap on ``attempts`` so that a lost prompt is resubmitted by one process only.
 """
 
@@ -27,7 +28,7 @@ TERMINAL = frozenset({"success", "error", "interrupted", "cancelled"})
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
     sweep_id TEXT PRIMARY KEY, tag TEXT, workflow TEXT NOT NULL, plan TEXT NOT NULL,
-    total INTEGER NOT NULL, concurrency INTEGER NOT NULL, created_at REAL NOT NULL
+    total INTEGER NOT NULL, concurrency INTEGER NOT NULL, created_at REAL NOT NULL, ui TEXT
 );
 CREATE TABLE IF NOT EXISTS submissions (
     prompt_id TEXT PRIMARY KEY, server TEXT NOT NULL, sweep_id TEXT, idx INTEGER, tag TEXT,
@@ -85,6 +86,7 @@ class SweepRecord:
     plan: dict
     total: int
     concurrency: int
+    ui: dict | None = None  # the UI workflow its prompts embed (extra_pnginfo.workflow), if known
 
 
 class Journal:
@@ -108,6 +110,11 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            if "ui" not in {row[1] for row in conn.execute("PRAGMA table_info(sweeps)")}:  # a journal from before
+                try:
+                    conn.execute("ALTER TABLE sweeps ADD COLUMN ui TEXT")
+                except sqlite3.OperationalError:  # another process added it meanwhile
+                    pass
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -128,21 +135,42 @@ class Journal:
     # -- sweeps -----------------------------------------------------------------------------
 
     def add_sweep(
-        self, sweep_id: str, *, tag: str | None, workflow: dict, plan: dict, total: int, concurrency: int
+        self,
+        sweep_id: str,
+        *,
+        tag: str | None,
+        workflow: dict,
+        plan: dict,
+        total: int,
+        concurrency: int,
+        ui: dict | None = None,
     ) -> None:
+        """Record a sweep: its API workflow and plan rebuild every row, ``ui`` is the UI workflow they embed."""
         self._execute(
-            "INSERT OR IGNORE INTO sweeps VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (sweep_id, tag, json.dumps(workflow), json.dumps(plan), total, concurrency, time.time()),
+            "INSERT OR IGNORE INTO sweeps (sweep_id, tag, workflow, plan, total, concurrency, created_at, ui) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sweep_id,
+                tag,
+                json.dumps(workflow),
+                json.dumps(plan),
+                total,
+                concurrency,
+                time.time(),
+                None if ui is None else json.dumps(ui),
+            ),
         )
 
     def sweep(self, sweep_id: str) -> SweepRecord | None:
         rows = self._fetch(
-            "SELECT sweep_id, tag, workflow, plan, total, concurrency FROM sweeps WHERE sweep_id = ?", (sweep_id,)
+            "SELECT sweep_id, tag, workflow, plan, total, concurrency, ui FROM sweeps WHERE sweep_id = ?", (sweep_id,)
         )
         if not rows:
             return None
-        sid, tag, workflow, plan, total, concurrency = rows[0]
-        return SweepRecord(sid, tag, json.loads(workflow), json.loads(plan), total, concurrency)
+        sid, tag, workflow, plan, total, concurrency, ui = rows[0]
+        return SweepRecord(
+            sid, tag, json.loads(workflow), json.loads(plan), total, concurrency, None if ui is None else json.loads(ui)
+        )
 
     # -- submissions --------------------------------------------------------------------------
 

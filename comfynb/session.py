@@ -326,6 +326,7 @@ class Session:
         attempts: int,
         entry: dict | None = None,
         status: str | None = None,
+        ui: dict | None = None,
     ) -> Job:
         """A job for a prompt sent earlier, maybe by another process (on the loop; used by resume).
 
@@ -336,7 +337,7 @@ class Session:
         job = self._job(prompt_id)
         if job is not None:
             return job
-        state = PromptState(prompt_id, None if prompt is None else self._body(prompt, prompt_id, tags), tags)
+        state = PromptState(prompt_id, None if prompt is None else self._body(prompt, prompt_id, tags, ui=ui), tags)
         state.attempts = attempts
         job = Job(state, self._request_cancel)
         self._pool.adopt(state, server, entry=entry, status=status)

@@ -402,10 +402,7 @@ class Sweep:
             try:
                 params = self.plan.row(i)
                 tags = {"tag": self.tag, "sweep_id": self.sweep_id, "index": i, "params": params}
-                ui = self.workflow.ui_workflow()
-                if ui is not None and any("@" in address for address in params):  # bypass/mute axes show in it
-                    ui = self.workflow.with_values(params).ui_workflow()
-                self.session._send_held(job, self._prompt(params), tags, ui)
+                self.session._send_held(job, self._prompt(params), tags, self._ui(params))
             except Exception as exc:  # the row cannot be sent: neither can the ones after it
                 self._stopped_at, self._stop_error = i + 1, exc  # known before a waiting caller wakes
                 self._done.set_exception(exc)  # then: result() raises it, whatever ends next
@@ -424,6 +421,13 @@ class Sweep:
     def _ticked(self) -> None:
         tick, self._tick = self._tick, concurrent.futures.Future()
         tick.set_result(None)
+
+    def _ui(self, params: Mapping) -> dict | None:
+        """The UI workflow a row's prompt embeds in its outputs (None if unknown)."""
+        ui = self.workflow.ui_workflow()
+        if ui is not None and any("@" in address for address in params):  # bypass/mute axes show in it
+            ui = self.workflow.with_values(params).ui_workflow()
+        return ui
 
     def _prompt(self, params: Mapping) -> dict:
         """The row's API graph, sharing every part it leaves unchanged with all other rows (memory)."""
@@ -447,6 +451,7 @@ class Sweep:
             prompt=self.session.journal.prompt(sub.prompt_id),
             tags=sub.tags,
             attempts=sub.attempts,
+            ui=self._ui(sub.params),  # if the server lost it, it is sent again as it was first sent
         )
 
     def _job_done(self, job: Any) -> None:
@@ -855,6 +860,13 @@ def start(
     checks.check_sweep(session, wf, plan, check=check)
     sweep = Sweep(session, wf, plan, concurrency=concurrency, tag=tag)
     session._tags({"tag": tag, "plan": plan.to_json()})  # refuses credentials before anything is sent
+    ui = wf.ui_workflow()
+    where = session._secrets.find(ui) if ui is not None else None
+    if where is not None:
+        raise WorkflowError(
+            f"the UI workflow holds a credential of this session (at '{where}'); every output file would carry "
+            "it (extra_pnginfo.workflow), so nothing was sent: remove it from the workflow"
+        )
     if session.journal is not None:
         session.journal.add_sweep(
             sweep.sweep_id,
@@ -863,6 +875,7 @@ def start(
             plan=plan.to_json(),
             total=plan.total,
             concurrency=concurrency,
+            ui=ui,  # once per sweep: resumed rows embed it too
         )
     return sweep._start()
 
@@ -884,6 +897,7 @@ def resume(session, sweep_id: str) -> Sweep:
     if record is None:
         raise ComfyError(f"no sweep {sweep_id!r} in the journal {journal.path}")
     wf, plan = Workflow.load(record.workflow), Plan.from_json(record.plan)
+    wf.ui = record.ui  # the UI workflow the first rows embedded (bypass and mute axes are applied per row)
     checks.check_sweep(session, wf, plan, check=False)  # bypass axes need the server's /object_info again
     sweep = Sweep(
         session,

@@ -16,11 +16,17 @@ which says which inputs are widgets and in which order their values are stored:
   ``Note`` and ``MarkdownNote`` vanish;
 - subgraphs (``definitions.subgraphs``) are flattened, inner nodes getting ids like ``"18:17:3"``;
 - legacy group nodes (``workflow>Name``, defined in ``extra.groupNodes``) are flattened as the
-  frontend's GroupNodeConfig/GroupNodeHandler do, inner nodes getting ids ``"<group id>:<index>"``;
+  frontend's GroupNodeConfig/GroupNodeHandler do, inner nodes getting ids ``"<group id>:<index>"``:
+  a linked PrimitiveNode inside becomes a group widget whose value goes to the widgets it feeds, a
+  Reroute inside becomes a group input or output (followed to its source for an output), and a
+  PrimitiveNode outside writes into the group node's widget and so into the inner node (unless that
+  widget is also one of the group's input slots, as in groups saved by frontends since 1.16: then
+  the frontend drops the input, and so does this);
 - list values are wrapped as ``{"__value__": [...]}``; ``_meta.title`` is the node's title.
 
-The reference data in the repository's tests (real frontend output for real templates) is the
-arbiter: where a rule here and the frontend disagree, the frontend is right.
+The reference data in the repository's tests (real frontend output for real templates, and for the
+group-node workflows in ``tests/fixtures/groupnodes``) is the arbiter: where a rule here and the
+frontend disagree, the frontend is right, even where it loses an input.
 """
 
 from __future__ import annotations
@@ -120,6 +126,8 @@ def widgets(info: Mapping[str, Any], values: Any = None) -> list[tuple[str, bool
                 control = name in _SEEDS
             if control and (kind in ("INT", "FLOAT") or is_combo):
                 out.append(("control_after_generate", False, take("control_after_generate", None)))
+                if is_combo:  # a list's control is followed by its filter (addValueControlWidgets)
+                    out.append(("control_filter_list", False, take("control_filter_list", None)))
             if is_combo and any(opts.get(u) for u in _UPLOADS):
                 out.append(("upload", False, take("upload", None)))
 
@@ -127,6 +135,22 @@ def widgets(info: Mapping[str, Any], values: Any = None) -> list[tuple[str, bool
     for name, sent in _EXTRA_WIDGETS.get(str(info.get("name")), ()):
         out.append((name, sent, take(name, None)))
     return out
+
+
+def _node_inputs(info: Mapping[str, Any]) -> list[dict]:
+    """The input slots of a new node of this class, as the frontend makes them: sockets first, then one
+    per widget, each in ``/object_info`` order."""
+    sockets, widget_slots = [], []
+    for name, spec in _entries(info.get("input") or {}, info.get("input_order")):
+        kind = spec[0]
+        is_widget = isinstance(kind, list) or kind in _WIDGET_TYPES or kind == _DYNAMIC_COMBO
+        if is_widget and not _opts(spec).get("forceInput"):
+            widget_slots.append(
+                {"name": name, "type": "COMBO" if isinstance(kind, list) else kind, "widget": {"name": name}}
+            )
+        else:
+            sockets.append({"name": name, "type": kind})
+    return sockets + widget_slots
 
 
 def widget_names(info: Mapping[str, Any]) -> list[tuple[str, bool]]:
@@ -190,6 +214,7 @@ class _Dto:
     group: _GroupConfig | None = None  # for legacy group node instances
     group_node: _Dto | None = None  # for the inner nodes of a legacy group node: the instance
     index: int = -1  # an inner node's position in its group definition
+    children: list[_Dto] = field(default_factory=list)  # a legacy group node's inner nodes, by index
 
     @property
     def id(self) -> str:
@@ -286,6 +311,9 @@ def _check_graph_shape(data: Mapping, where: str) -> None:
                 raise _bad(f"an input's 'link' of {here}", "a link id (a number) or null", slot.get("link"))
             if not isinstance(slot.get("name"), str):
                 raise _bad(f"an input's 'name' of {here}", "a string", slot.get("name"))
+            widget = slot.get("widget") or {}
+            if not isinstance(widget, Mapping) or not isinstance(widget.get("name", ""), str):
+                raise _bad(f"an input's 'widget' of {here}", "an object ({'name': ...}) or absent", slot.get("widget"))
         for slot in node.get("outputs") or ():
             links = slot.get("links") or []
             if not isinstance(links, list) or not all(_is_int(x) for x in links):
@@ -356,7 +384,10 @@ class _GroupConfig:
             self.links_from.setdefault(link[0], {}).setdefault(link[1], []).append(link)
             self.links_to.setdefault(link[2], {})[link[3]] = link
         for ext in data.get("external") or ():
-            self.external.setdefault(ext[0], {})[ext[1]] = ext[2]
+            # some 2024 frontends stored the inner node itself, not its index: the frontend's lookup by
+            # index never finds such an entry, so it counts for nothing
+            if _is_int(ext[0]):
+                self.external.setdefault(ext[0], {})[ext[1]] = ext[2] if len(ext) > 2 else None
         self.inputs: dict[str, list] = {}  # the group's input.required: name -> spec (widgets and slots)
         self.input_map: dict[int, dict[int, int]] = {}  # inner index -> inner slot -> group input slot
         self.widget_map: dict[str, tuple[int, str]] = {}  # group widget name -> (inner index, inner input)
@@ -364,16 +395,12 @@ class _GroupConfig:
         self.input_count = 0
         seen_inputs: dict[str, int] = {}
         converted_later = []
+        # PrimitiveNodes inside: their value widget (by node index), and the inner widgets each one feeds
+        self.primitive_specs: dict[int, list] = {}
+        self.primitive_targets: dict[int, list[tuple[int, str]]] = {}
         for index, node in enumerate(self.nodes):
-            kind = RENAMED.get(node["type"], node["type"])
-            if kind in ("PrimitiveNode", "Reroute") and (index in self.links_from or index in self.links_to):
-                raise WorkflowError(
-                    f"group node {PREFIX_V2}{name}: its inner node {index} is a linked {kind}, which comfynb does "
-                    "not convert inside legacy group nodes: open the workflow in ComfyUI, right-click the group "
-                    "node, Convert to subgraph, and save it again"
-                )
-            spec = info.get(kind)
-            if spec is None:  # virtual nodes (notes): the frontend skips them when it builds the definition
+            spec = self.node_def(index, node, info)
+            if spec is None:  # notes, unlinked primitives, reroutes between inner nodes: not part of the definition
                 continue
             later = self.node_inputs(index, node, spec, seen_inputs)
             if later is not None:
@@ -381,6 +408,79 @@ class _GroupConfig:
             self.node_outputs(index, spec)
         for later in converted_later:
             later()
+
+    def node_def(self, index: int, node: Mapping, info: Mapping[str, Any]) -> Mapping | None:
+        """GroupNodeConfig.getNodeDef: the server's definition, or one made up for a linked PrimitiveNode
+        (a ``value`` widget of the type it feeds) or a Reroute that is an input or output of the group."""
+        kind = RENAMED.get(node["type"], node["type"])
+        if kind in info:
+            return info[kind]
+        links_from = self.links_from.get(index)
+        where = f"group node {PREFIX_V2}{self.name}: its inner node {index} ({kind})"
+        out_type: Any
+        if kind == "PrimitiveNode":
+            if not links_from:
+                return None
+            first = links_from.get(0) or next(iter(links_from.values()))
+            out_type = first[0][5] if len(first[0]) > 5 else None
+            if not isinstance(out_type, (str, list)):
+                raise _bad(f"the type of the link from {where}", "a type name", out_type)
+            if out_type == "COMBO":
+                widget = ((node.get("outputs") or [{}])[0].get("widget") or {}).get("name")
+                target = info.get(RENAMED.get(self.nodes[first[0][2]]["type"], self.nodes[first[0][2]]["type"])) or {}
+                specs = {
+                    **((target.get("input") or {}).get("required") or {}),
+                    **((target.get("input") or {}).get("optional") or {}),
+                }
+                if not isinstance(widget, str) or widget not in specs:
+                    raise WorkflowError(
+                        f"{where} feeds a list widget {widget!r} its target does not have; open the workflow in "
+                        "ComfyUI, reconnect it and save it again"
+                    )
+                out_type = specs[widget][0]
+            return {"input": {"required": {"value": [out_type, {}]}}, "output": [out_type]}
+        if kind == "Reroute":
+            links_to = self.links_to.get(index)
+            if links_to and links_from and 0 not in self.external.get(index, {}):
+                return None  # between inner nodes only
+            out_type = "*"
+            if links_from:
+                for link in links_from.get(0) or ():
+                    slots = self.nodes[link[2]].get("inputs") or ()
+                    if out_type == "*" and 0 <= link[3] < len(slots):
+                        out_type = slots[link[3]].get("type")
+            elif links_to and 0 in links_to:
+                origin, slot = links_to[0][0], links_to[0][1]
+                outputs = self.nodes[origin].get("outputs") or ()
+                out_type = outputs[slot].get("type") if 0 <= slot < len(outputs) else "*"
+            else:
+                out_type = next(
+                    (link[5] for link in self.data.get("links") or () if link[2] == index and len(link) > 5), "*"
+                )
+                if out_type == "*":
+                    out_type = self.external.get(index, {}).get(0) or "*"
+            if not isinstance(out_type, (str, list)):
+                raise _bad(f"the type {where} passes on", "a type name", out_type)
+            key = out_type if isinstance(out_type, str) else ",".join(map(str, out_type))  # as a JS key
+            return {"input": {"required": {key: [out_type, {"forceInput": True}]}}, "output": [out_type]}
+        return None  # other virtual nodes (notes): the frontend skips them
+
+    def primitive_link(self, link: list, name: str, spec: Any) -> None:
+        """GroupNodeConfig.checkPrimitiveConnection: an inner PrimitiveNode feeding input ``name`` gets
+        that input's options and a control widget after its value; its value goes to that input."""
+        origin = link[0]
+        if self.nodes[origin]["type"] != "PrimitiveNode":
+            return
+        value = self.primitive_specs.get(origin)
+        if value is None:  # its link is not of a widget's type, so it has no value widget
+            raise WorkflowError(
+                f"group node {PREFIX_V2}{self.name}: its inner PrimitiveNode {origin} feeds input {name!r} of inner "
+                f"node {link[2]} through a link of type {link[5] if len(link) > 5 else None!r}, which is no widget "
+                "type; ComfyUI's frontend cannot load this group either. Open the workflow in ComfyUI, reconnect "
+                "the primitive and save it again"
+            )
+        value[1] = {**_opts(spec), "control_after_generate": True}
+        self.primitive_targets.setdefault(origin, []).append((link[2], name))
 
     def config_of(self, index: int, key: str, name: Any) -> Mapping:
         config = (self.data.get("config") or {}).get(str(index)) or {}
@@ -430,12 +530,15 @@ class _GroupConfig:
                     shown, config, _ = self.input_config(index, node, name, seen, ispec)
                     self.inputs[shown] = config
                     self.widget_map[shown] = (index, name)
+                    if node["type"] == "PrimitiveNode":
+                        self.primitive_specs[index] = config
             else:
                 slots.append(name)
         links_to = self.links_to.get(index, {})
         slot_map = self.input_map.setdefault(index, {})
         for k, name in enumerate(slots):
             if k in links_to:
+                self.primitive_link(links_to[k], name, specs[name])
                 continue
             shown, config, custom = self.input_config(index, node, name, seen, specs[name])
             if custom.get("visible") is False:
@@ -448,6 +551,7 @@ class _GroupConfig:
             for k, at in enumerate(_js_sorted(list(converted))):
                 name = converted[at]
                 if len(slots) + k in links_to:
+                    self.primitive_link(links_to[len(slots) + k], name, specs[name])
                     continue
                 shown, config, _ = self.input_config(index, node, name, seen, specs[name], {"defaultInput": True})
                 self.inputs[shown] = config
@@ -503,7 +607,8 @@ def _check_group_shape(ui: Mapping) -> None:
                 )
         external = data.get("external") or []
         if not isinstance(external, list) or not all(
-            isinstance(e, list) and len(e) >= 2 and _is_int(e[0]) and _is_int(e[1]) for e in external
+            isinstance(e, list) and len(e) >= 2 and (_is_int(e[0]) or isinstance(e[0], Mapping)) and _is_int(e[1])
+            for e in external
         ):
             raise _bad(f"'external' {where}", "a list of [inner node, output slot, type]", external)
         if not isinstance(data.get("config") or {}, Mapping):
@@ -605,19 +710,41 @@ class _Converter:
         for index, inner in enumerate(config.nodes):
             kind = RENAMED.get(inner["type"], inner["type"])
             node = {**inner, "id": index}
-            child = _Dto(
-                node, dto.graph, path, None, kind, list(inner.get("inputs") or ()), list(inner.get("outputs") or ())
-            )
+            # LGraphNode.configure puts the inputs in the order a new node has them (sockets, then widgets);
+            # the definition's links and input map are read against that order, by index, as stored
+            inputs = _node_inputs(self.info[kind]) if kind in self.info else list(inner.get("inputs") or ())
+            child = _Dto(node, dto.graph, path, None, kind, inputs, list(inner.get("outputs") or ()))
             child.group_node, child.index = dto, index
             if kind in self.info:
                 self.fill_widgets(child)
             children.append(child)
             self.dtos[child.id] = child
-        for shown, sent, value in widgets(config.widget_info(), dto.node.get("widgets_values")):
-            if sent and shown in config.widget_map:
-                index, inner_name = config.widget_map[shown]
-                if inner_name in children[index].widgets:
-                    children[index].widgets[inner_name] = value
+        # the group node's own widgets; PrimitiveNodes outside may still change them (apply_primitives)
+        dto.widgets = {
+            shown: value for shown, sent, value in widgets(config.widget_info(), dto.node.get("widgets_values")) if sent
+        }
+        dto.children = children
+
+    def update_inner_widgets(self, dto: _Dto) -> None:
+        """GroupNodeHandler.updateInnerWidgets: the group node's widget values go to the inner widgets
+        they stand for (through an inner PrimitiveNode or Reroute to the widgets it feeds)."""
+        config, children, values = dto.group, dto.children, dto.widgets
+        assert config is not None
+        for shown, (index, inner_name) in config.widget_map.items():
+            if shown not in values:
+                continue
+            targets = [(index, inner_name)]
+            if config.nodes[index]["type"] == "PrimitiveNode":
+                targets = config.primitive_targets.get(index, [])
+            elif config.nodes[index]["type"] == "Reroute":
+                for link in config.links_from.get(index, {}).get(0) or ():
+                    slots = config.nodes[link[2]].get("inputs") or ()
+                    widget = (slots[link[3]].get("widget") or {}) if 0 <= link[3] < len(slots) else {}
+                    if widget.get("name") is not None:
+                        targets.append((link[2], widget["name"]))
+            for target, name in targets:
+                if name in children[target].widgets:
+                    children[target].widgets[name] = values[shown]
 
     def fill_widgets(self, dto: _Dto) -> None:
         for name, sent, value in widgets(self.info[dto.type], dto.node.get("widgets_values")):
@@ -679,7 +806,8 @@ class _Converter:
         return None
 
     def apply_primitives(self) -> None:
-        """PrimitiveNode.applyToGraph: its value goes into every widget it feeds."""
+        """PrimitiveNode.applyToGraph: its value goes into every widget it feeds, a group node's too
+        (whose inner widgets then take it, unless that input is one of the group's input slots)."""
         for dto in list(self.dtos.values()):
             if dto.type != "PrimitiveNode" or dto.group_node is not None:  # unlinked inside a group node
                 continue
@@ -806,6 +934,19 @@ class _Converter:
                 "output; open the workflow in ComfyUI and save it again"
             )
         index, inner_slot = dto.group.output_map[slot]
+        config, seen = dto.group, set()
+        while config.nodes[index]["type"] == "Reroute":  # GroupNodeHandler.updateLink follows inner reroutes
+            if index in seen:
+                raise WorkflowError(f"group node {dto.id} ({dto.type}): its inner Reroutes feed each other in a circle")
+            seen.add(index)
+            link = config.links_to.get(index, {}).get(0)
+            if link is None:  # fed from outside the group or not at all: the frontend fails here too
+                raise WorkflowError(
+                    f"group node {dto.id} ({dto.type}): its output {slot} comes from an inner Reroute that is not fed "
+                    "from inside the group, which ComfyUI's frontend cannot queue either (its graphToPrompt "
+                    "fails); open the workflow in ComfyUI, convert the group node to nodes, and save it again"
+                )
+            index, inner_slot = link[0], link[1]
         return ("link", f"{dto.id}:{index}", inner_slot)
 
     def bypass_slot(self, dto: _Dto, slot: int, kind: Any) -> int:
@@ -831,6 +972,9 @@ class _Converter:
         self.check_types()  # the shape was checked before (see ui_to_api)
         self.build(self.root, (), None)
         self.apply_primitives()
+        for dto in list(self.dtos.values()):
+            if dto.group is not None:
+                self.update_inner_widgets(dto)
         output: dict[str, dict] = {}
         for dto in self.dtos.values():
             if (

@@ -13,10 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import comfynb.sim
 from comfynb import _loop
+from comfynb.embedded import read_embedded
+from comfynb.errors import WorkflowError
 from comfynb.journal import TERMINAL, Journal
 from comfynb.results import ImageRef
 from comfynb.session import Session
@@ -228,3 +231,94 @@ def test_recovery_after_a_killed_kernel_and_a_restarted_server(tmp_path):
         pd_cols = ["prompt_id", "status", "KSampler.seed", "KSampler.cfg"]
         assert again[pd_cols].equals(final[pd_cols])
         session.close()
+
+
+UI_TXT2IMG = Path(comfynb.sim.__file__).parent / "workflows" / "ui" / "default_txt2img.json"
+UI_CHILD = """
+import sys, time
+from comfynb import Workflow
+from comfynb.session import Session
+url, journal, workflow = sys.argv[1:4]
+session = Session(url, journal=journal)
+wf = Workflow.load(workflow, session=session)
+sweep = session.sweep(wf, grid={"KSampler.seed": range(12)}, concurrency=4, tag="ui-recovery")
+print(sweep.sweep_id, flush=True)
+while sum(job.status == "success" for job in sweep.jobs) < 3:
+    time.sleep(0.005)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_resumed_rows_embed_the_ui_workflow_stored_once_per_sweep(tmp_path):
+    """A sweep of a UI-format workflow, its kernel killed: after a server restart, the rows resume sends
+    (lost ones again, never-sent ones first) carry the UI workflow in their files like the first ones."""
+    journal_path = tmp_path / "sweeps.sqlite"
+    ui = json.loads(UI_TXT2IMG.read_text())
+    sim = Simulator(node_times={"KSampler": 0.15}, root=tmp_path / "sim")
+    with sim.running():
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        child = subprocess.Popen(
+            [sys.executable, "-c", UI_CHILD, sim.url, str(journal_path), str(UI_TXT2IMG)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        try:
+            sweep_id = child.stdout.readline().strip()
+            assert child.stdout.readline().strip() == "ready"
+        finally:
+            child.kill()
+            child.wait(30)
+        journalled = Journal(journal_path).submissions(sweep_id)
+        lost = {s.index for s in journalled if s.state not in TERMINAL}
+        never_sent = set(range(12)) - {s.index for s in journalled}
+        assert lost and never_sent, "the kill must leave rows queued and rows never sent"
+
+        sim.restart()  # the queue is forgotten
+        with Session(sim.url, journal=journal_path) as session:
+            final = session.resume(sweep_id).result(timeout=120)
+        assert len(final) == 12 and (final.status == "success").all()
+        for row in final.itertuples():
+            found = read_embedded(_loop.run_sync(_view(row.images[0])))
+            assert found.workflow == ui, f"row {row.index} (lost: {row.index in lost})"
+            assert found.extra["comfynb"]["index"] == row.index
+            assert found.prompt["3"]["inputs"]["seed"] == row.index
+
+    # once per sweep, never per row: the journal holds the UI workflow in the sweeps table only
+    db = sqlite3.connect(journal_path)
+    assert db.execute("SELECT count(*) FROM sweeps WHERE ui IS NOT NULL").fetchone() == (1,)
+    assert json.loads(db.execute("SELECT ui FROM sweeps").fetchone()[0]) == ui
+    rows = db.execute("SELECT prompt, params FROM submissions").fetchall()
+    assert len(rows) == 12 and not any("widgets_values" in prompt + params for prompt, params in rows)
+
+
+def test_a_journal_from_before_the_ui_column_is_upgraded(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE sweeps (sweep_id TEXT PRIMARY KEY, tag TEXT, workflow TEXT NOT NULL, plan TEXT NOT NULL, "
+        "total INTEGER NOT NULL, concurrency INTEGER NOT NULL, created_at REAL NOT NULL);"
+        "INSERT INTO sweeps VALUES ('old', 't', '{}', '{}', 2, 4, 0);"
+    )
+    old.close()
+    journal = Journal(path)
+    assert journal.sweep("old").ui is None
+    journal.add_sweep("new", tag=None, workflow=PROMPT, plan={}, total=1, concurrency=1, ui={"nodes": []})
+    assert journal.sweep("new").ui == {"nodes": []}
+
+
+def test_a_ui_workflow_holding_a_key_is_refused_before_anything_is_written(tmp_path):
+    key = "comfyui-partner-key-0123456789abcdef"
+    ui = json.loads(UI_TXT2IMG.read_text())
+    next(n for n in ui["nodes"] if n["type"] == "CLIPTextEncode")["title"] = f"key {key}"
+    sim = Simulator(root=tmp_path / "sim")
+    with sim.running(), Session(sim.url, journal=tmp_path / "j.sqlite", api_key_comfy_org=key) as session:
+        wf = comfynb.Workflow.load(ui, session=session)
+        with pytest.raises(
+            WorkflowError, match=r"UI workflow holds a credential of this session \(at 'nodes\[\d+\]\.title'\)"
+        ):
+            session.sweep(wf, grid={"KSampler.seed": range(2)})
+        assert sim.engine.counter == 0
+    assert key.encode() not in (tmp_path / "j.sqlite").read_bytes()

@@ -38,6 +38,51 @@ def test_reference_workflows_convert_exactly_as_the_frontend_does(name):
     assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
 
 
+GROUP_NODE_REFERENCES = sorted(p.name.removesuffix(".api.json") for p in (FIXTURES / "groupnodes").glob("*.api.json"))
+
+
+@pytest.mark.parametrize("name", GROUP_NODE_REFERENCES)
+def test_group_node_workflows_convert_exactly_as_the_frontend_does(name):
+    """Legacy group nodes (with linked primitives and reroutes inside, primitives outside feeding their
+    widgets, bypassed, muted, widgets converted to inputs): the prompts frontend 1.35.9 made of them
+    (tests/fixtures/groupnodes/README.md says how)."""
+    ui = json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+    ref = json.loads((FIXTURES / "groupnodes" / f"{name}.api.json").read_text())
+    assert canonical(ui_to_api(ui, OBJECT_INFO)) == canonical(ref)
+
+
+def test_group_node_references_show_what_the_frontend_does_with_primitives_and_reroutes():
+    """The facts the group-node references pin down, stated where a reader looks for them."""
+
+    def ref(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.api.json").read_text())
+
+    assert len(GROUP_NODE_REFERENCES) == 21
+    # a linked PrimitiveNode inside the group: its value (the group node's widget) goes to every input it feeds
+    inside = ref("primitive_inside")
+    assert (
+        inside["10:3"]["inputs"]["seed"] == 1234
+        and inside["10:2"]["inputs"]["width"] == 640 == inside["10:2"]["inputs"]["height"]
+    )
+    assert ref("primitive_combo_text")["10:3"]["inputs"]["sampler_name"] == "dpmpp_2m"
+    # a PrimitiveNode outside feeding a group widget: its value lands on the inner node in a file saved by
+    # a frontend before 1.16; in one saved by 1.35 (every group widget is also an input slot) the frontend
+    # drops the input, and the server then asks for it
+    assert {k: ref("primitive_outside.legacy")["8:1"]["inputs"][k] for k in ("seed", "steps")} == {
+        "seed": 98765,
+        "steps": 7,
+    }
+    assert not {"seed", "steps"} & set(ref("primitive_outside")["8:1"]["inputs"])
+    # a Reroute inside is followed to a group output, but an inner input fed through one is dropped
+    reroute = ref("reroute_inside")
+    assert reroute["7"]["inputs"]["images"] == ["11:3", 0] and reroute["11:3"]["inputs"] == {}
+    # bypassed: consumers get the checkpoint's outputs (the inner nodes are still sent); muted: the frontend
+    # does not pass the mode on, so the group runs
+    bypassed, muted = ref("bypassed"), ref("muted")
+    assert bypassed["5"]["inputs"]["model"] == ["1", 0] and "10:1" in bypassed
+    assert muted["5"]["inputs"]["model"] == ["10:1", 0]
+
+
 def test_reference_set_covers_the_hard_cases():
     manifest = json.loads((SHARED / "manifest.json").read_text()) if SHARED else []
     if not manifest:
@@ -501,4 +546,97 @@ def test_damaged_or_unusable_group_definitions_are_refused_clearly():
     with pytest.raises(
         WorkflowError, match="group node 10 .*its output 1 is linked but its definition has no such output"
     ):
+        ui_to_api(ui, OBJECT_INFO)
+
+
+def test_group_nodes_the_frontend_cannot_run_are_refused_clearly():
+    def fixture(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+
+    # an inner PrimitiveNode whose link is of no widget type (the frontend fails to build the group)
+    ui = fixture("primitive_inside")
+    for link in ui["extra"]["groupNodes"]["primitive_inside"]["links"]:
+        if link[0] == 0:  # the Seed primitive -> the sampler's seed
+            link[5] = "MODEL"
+    with pytest.raises(WorkflowError, match=r"inner PrimitiveNode 0 feeds input 'seed' of inner node 3 .*'MODEL'"):
+        ui_to_api(ui, OBJECT_INFO)
+    # a group output that comes from an inner Reroute fed from outside the group
+    ui = fixture("reroute_inside")
+    definition = ui["extra"]["groupNodes"]["reroute_inside"]
+    definition["links"] = [link for link in definition["links"] if link[2] != 4]  # decoder -> reroute 4 unlinked
+    definition["config"] = {"3": {"output": {"0": {"visible": False}}}}  # the decoder's output hidden
+    with pytest.raises(
+        WorkflowError, match=r"group node 11 .*its output 0 comes from an inner Reroute that is not fed"
+    ):
+        ui_to_api(ui, OBJECT_INFO)
+
+
+def test_damaged_group_definitions_with_reroutes_never_crash_or_hang():
+    ui = json.loads((FIXTURES / "groupnodes" / "reroute_inside.json").read_text())
+    definition = ui["extra"]["groupNodes"]["reroute_inside"]
+    # the output reroute (4) and the inner one (2) feed each other
+    definition["links"] = [link for link in definition["links"] if link[2] not in (2, 4)]
+    definition["links"] += [[2, 0, 4, 0, 90, "IMAGE"], [4, 0, 2, 0, 91, "IMAGE"]]
+    definition["external"] = [[4, 0, "IMAGE"]]
+    hidden = {"output": {"0": {"visible": False}}}
+    definition["config"] = {"1": hidden, "3": hidden}  # the sampler's and decoder's outputs: reroute 4 is output 0
+    with pytest.raises(WorkflowError, match="inner Reroutes feed each other in a circle"):
+        ui_to_api(ui, OBJECT_INFO)
+    # a reroute whose link carries a list type (old files stored combo types so) is keyed as the frontend keys it
+    ui = json.loads((FIXTURES / "groupnodes" / "reroute_inside.json").read_text())
+    for link in ui["extra"]["groupNodes"]["reroute_inside"]["links"]:
+        if link[2] == 4:
+            link[5] = ["a", "b"]
+    ui_to_api(ui, OBJECT_INFO)
+
+
+def test_damaged_group_node_files_get_a_workflow_error_never_a_crash():
+    """Random damage inside group definitions and group node instances of the group-node references."""
+    rng = random.Random(20261)
+    originals = [json.loads((FIXTURES / "groupnodes" / f"{n}.json").read_text()) for n in GROUP_NODE_REFERENCES]
+    junk = [None, 1, -1, 7, 3.5, True, "x", "COMBO", [], {}, [1], [0, 0], {"a": 1}, {"name": "seed"}]
+    refused = 0
+    for _ in range(1500):
+        ui = copy.deepcopy(rng.choice(originals))
+        instances = [n for n in ui["nodes"] if n["type"].startswith("workflow")]
+        targets = [*ui["extra"]["groupNodes"].values(), *instances]
+        for _ in range(rng.randint(1, 3)):
+            parent, key, current = None, None, rng.choice(targets)
+            for _ in range(rng.randint(1, 5)):
+                if not isinstance(current, (dict, list)) or not current:
+                    break
+                parent = current
+                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
+                current = current[key]
+            if parent is None:
+                continue
+            if isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[key]
+            else:
+                parent[key] = rng.choice(junk)
+        try:
+            ui_to_api(ui, OBJECT_INFO)
+        except WorkflowError as exc:
+            refused += 1
+            assert str(exc)
+    assert refused > 100  # the damage did reach the checks
+
+
+def test_group_node_damage_found_by_fuzzing_is_refused_clearly():
+    def fixture(name):
+        return json.loads((FIXTURES / "groupnodes" / f"{name}.json").read_text())
+
+    ui = fixture("primitive_outside")  # an instance input's widget that is no object
+    next(n for n in ui["nodes"] if n["id"] == 8)["inputs"][7]["widget"] = 5
+    with pytest.raises(WorkflowError, match=r"an input's 'widget' of node 8 in the workflow must be an object"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = fixture("plain")  # a widget name that is no string, inside a definition
+    ui["extra"]["groupNodes"]["plain"]["nodes"][1]["inputs"][4]["widget"] = {"name": ["seed"]}
+    with pytest.raises(WorkflowError, match=r"an input's 'widget' of node 1 in the definition of group node"):
+        ui_to_api(ui, OBJECT_INFO)
+    ui = fixture("primitive_inside")  # the type of an inner primitive's link
+    for link in ui["extra"]["groupNodes"]["primitive_inside"]["links"]:
+        if link[0] == 0:
+            link[5] = {"a": 1}
+    with pytest.raises(WorkflowError, match=r"the type of the link from group node workflow>primitive_inside"):
         ui_to_api(ui, OBJECT_INFO)
