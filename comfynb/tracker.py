@@ -128,6 +128,7 @@ class PromptState:
     def done(self) -> bool:
         return self.status in TERMINAL
 
+
 _KEEP_DONE = 256  # finished prompts a tracker still knows (see Tracker._prune)
 
 
