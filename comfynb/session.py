@@ -151,6 +151,7 @@ class Session:
         self.journal = Journal(journal) if isinstance(journal, (str, os.PathLike)) else journal
         self._uploads: dict = {}  # (server, content-addressed name) -> name on the server
         self._sweeps: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._live_sweeps: set[_sweep.Sweep] = set()  # sweeps with rows not ended: held whatever the caller does
         self._sim_context: Any = None
         profiles = [_cloud.profile_of(u) for u in urls]  # Comfy Cloud backends: see comfynb.cloud
         cloud_key, partner_key = _cloud.keys(profiles, api_key, api_key_comfy_org)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import re
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -339,6 +341,7 @@ class Sweep:
         self._rows: dict[int, Any] = {}  # row index -> its job
         self._finished: list = []  # jobs in the order they ended (as_completed)
         self._flying: set = set()  # futures of the jobs on a server (each holds a slot)
+        self._by_future: dict[concurrent.futures.Future, Any] = {}  # the job of each row still running
         self._remaining = plan.total
         self._stopped_at: int | None = None  # rows from here on that were not sent will never be
         self._stop_error: BaseException | None = None  # why (None: cancelled)
@@ -357,6 +360,10 @@ class Sweep:
         if sent:
             _loop.run_sync(self._adopt_all(sent))
         self.session._sweeps[self.sweep_id] = self
+        # the session holds a sweep until every row ended (dropping it must not stop it); then only
+        # its caller does: the jobs' futures hold it weakly (see _add), so it can be let go
+        self.session._live_sweeps.add(self)
+        self._done.add_done_callback(lambda _: self.session._live_sweeps.discard(self))
         _loop.submit(self._run(sent)).add_done_callback(self._crashed)
         return self
 
@@ -378,7 +385,8 @@ class Sweep:
     def _add(self, index: int, job: Any) -> None:
         self._rows[index] = job
         self.jobs.append(job)
-        job._state.future.add_done_callback(lambda _, job=job: self._loop.call_soon_threadsafe(self._job_done, job))
+        self._by_future[job._state.future] = job
+        job._state.future.add_done_callback(functools.partial(_row_ended, weakref.ref(self)))
 
     async def _run(self, sent: Mapping[int, Submission]) -> None:
         """Build and send the rows in row order as slots free up (rows sent earlier hold slots too)."""
@@ -454,8 +462,9 @@ class Sweep:
             ui=self._ui(sub.params),  # if the server lost it, it is sent again as it was first sent
         )
 
-    def _job_done(self, job: Any) -> None:
-        fut = job._state.future
+    def _job_done(self, fut: concurrent.futures.Future) -> None:
+        """A row's job ended (on the loop)."""
+        job = self._by_future.pop(fut)
         if fut in self._flying:
             self._flying.discard(fut)
             if self._wake is not None:
@@ -592,6 +601,15 @@ class Sweep:
                 if refs:
                     extra[position] = refs
         return save_frame(self.session, frame, folder, in_memory=extra)
+
+
+def _row_ended(sweep: weakref.ref[Sweep], future: concurrent.futures.Future) -> None:
+    """A row's job ended (in any thread): tell its sweep on the loop, if anyone still holds it.
+    The job's state may outlive the sweep and the job (a server's tracker keeps the latest finished
+    ones), so this callback holds neither."""
+    held = sweep()
+    if held is not None:
+        held._loop.call_soon_threadsafe(held._job_done, future)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -129,7 +129,7 @@ class PromptState:
         return self.status in TERMINAL
 
 
-_KEEP_DONE = 256  # finished prompts a tracker still knows (see Tracker._prune)
+_KEEP_DONE = 64  # finished prompts a tracker still knows (see Tracker._prune)
 
 
 class Tracker:

@@ -394,3 +394,22 @@ def test_a_sweep_whose_sender_fails_ends_every_row(txt2img):
             with pytest.raises(ValueError, match="credential"):
                 job.result(timeout=30)
             assert job.status == "error"
+
+
+def test_a_dropped_sweep_still_runs_every_row_and_a_finished_one_is_let_go(wf):
+    import gc
+    import weakref
+
+    with Session.simulated(node_time=0.01, progress=False) as session:
+        sweep = session.sweep(wf, grid={"KSampler.seed": list(range(12))}, concurrency=2)
+        gone = weakref.ref(sweep)
+        sweep_id = sweep.sweep_id
+        del sweep  # nothing of the caller's holds it while rows are still to be sent
+        gc.collect()
+        assert gone() is not None  # the session holds it until every row ended
+        gone().result(timeout=60)
+        gc.collect()
+        assert gone() is None  # ended and held by no one: let go, with its jobs
+        assert session.jobs == []
+        frame = session.history_frame(sweep_id=sweep_id)
+        assert sorted(frame["KSampler.seed"]) == list(range(12))
