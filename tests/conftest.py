@@ -4,6 +4,10 @@ demand, and sessions with fast failure detection, all stopped at the end of the 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +44,23 @@ def connect():
     yield make
     for session in sessions:
         session.close()
+
+
+def killed_mid_sweep(script: str, *args) -> str:
+    """Run ``script`` (a journalled sweep, with ``args``) in a child process and kill it once it
+    prints the sweep's id and ``ready``: a kernel that died mid-sweep. The sweep's id."""
+    repo = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        cwd=repo,
+    )
+    try:
+        sweep_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.kill()
+        child.wait(30)
+    return sweep_id

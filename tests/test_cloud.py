@@ -15,6 +15,7 @@ import urllib.request
 import aiohttp
 import pytest
 from conftest import FAST_FAILOVER as FAST
+from conftest import killed_mid_sweep
 from core.conftest import txt2img
 from PIL import Image
 
@@ -435,9 +436,6 @@ time.sleep(600)
 
 
 def test_recovery_after_a_killed_kernel_finds_what_finished_on_the_cloud(start, tmp_path):
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     import comfynb.sim
@@ -446,20 +444,7 @@ def test_recovery_after_a_killed_kernel_finds_what_finished_on_the_cloud(start, 
     sim = start(cloud=True, api_key=KEY, max_parallel=3, node_times={"KSampler": 0.2})
     journal_path = tmp_path / "sweeps.sqlite"
     workflow = Path(comfynb.sim.__file__).parent / "workflows" / "default_txt2img.json"
-    repo = Path(__file__).resolve().parents[1]
-    child = subprocess.Popen(
-        [sys.executable, "-c", CLOUD_CHILD, sim.url, KEY, str(journal_path), str(workflow)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        cwd=repo,
-    )
-    try:
-        sweep_id = child.stdout.readline().strip()
-        assert child.stdout.readline().strip() == "ready"
-    finally:
-        child.kill()
-        child.wait(30)
+    sweep_id = killed_mid_sweep(CLOUD_CHILD, sim.url, KEY, journal_path, workflow)
     journalled = Journal(journal_path).submissions(sweep_id)
     open_before = {s.prompt_id for s in journalled if s.state not in TERMINAL}
     assert open_before, "some prompts must still be on the cloud when the kernel dies"

@@ -6,14 +6,12 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing as mp
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from conftest import killed_mid_sweep
 from PIL import Image
 
 import comfynb.sim
@@ -174,20 +172,7 @@ def test_recovery_after_a_killed_kernel_and_a_restarted_server(tmp_path):
     journal_path = tmp_path / "sweeps.sqlite"
     sim = Simulator(node_times={"KSampler": 0.15}, root=tmp_path / "sim")
     with sim.running():
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, sim.url, str(journal_path), str(TXT2IMG)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        try:
-            sweep_id = child.stdout.readline().strip()
-            assert child.stdout.readline().strip() == "ready"
-        finally:
-            child.kill()
-            child.wait(30)
+        sweep_id = killed_mid_sweep(CHILD, sim.url, journal_path, TXT2IMG)
 
         # 1. A process that never saw the sweep rebuilds its frame from the server's history.
         session = Session(sim.url, journal=journal_path)
@@ -257,20 +242,7 @@ def test_resumed_rows_embed_the_ui_workflow_stored_once_per_sweep(tmp_path):
     ui = json.loads(UI_TXT2IMG.read_text())
     sim = Simulator(node_times={"KSampler": 0.15}, root=tmp_path / "sim")
     with sim.running():
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        child = subprocess.Popen(
-            [sys.executable, "-c", UI_CHILD, sim.url, str(journal_path), str(UI_TXT2IMG)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        try:
-            sweep_id = child.stdout.readline().strip()
-            assert child.stdout.readline().strip() == "ready"
-        finally:
-            child.kill()
-            child.wait(30)
+        sweep_id = killed_mid_sweep(UI_CHILD, sim.url, journal_path, UI_TXT2IMG)
         journalled = Journal(journal_path).submissions(sweep_id)
         lost = {s.index for s in journalled if s.state not in TERMINAL}
         never_sent = set(range(12)) - {s.index for s in journalled}

@@ -296,6 +296,23 @@ def test_dynamic_combo_widgets_follow_the_chosen_option():
 
 
 @pytest.mark.skipif(not REFERENCES, reason="shared/ui-workflows not found beside the repository")
+def damage(rng: random.Random, root: dict | list, depth: int, junk: list) -> None:
+    """Replace (or, in an object, remove) one value found by a random walk of up to ``depth`` steps."""
+    parent, key, current = None, None, root
+    for _ in range(rng.randint(1, depth)):
+        if not isinstance(current, (dict, list)) or not current:
+            break
+        parent = current
+        key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
+        current = current[key]
+    if parent is None:
+        return
+    if isinstance(parent, dict) and rng.random() < 0.2:
+        del parent[key]
+    else:
+        parent[key] = rng.choice(junk)
+
+
 def test_damaged_files_get_a_workflow_error_never_a_crash():
     """Random damage to real workflows (values replaced or removed): converted, or a WorkflowError."""
     rng = random.Random(20260)
@@ -305,19 +322,7 @@ def test_damaged_files_get_a_workflow_error_never_a_crash():
     for _ in range(600):
         ui = copy.deepcopy(rng.choice(originals))
         for _ in range(rng.randint(1, 3)):
-            parent, key, current = None, None, ui
-            for _ in range(rng.randint(1, 6)):
-                if not isinstance(current, (dict, list)) or not current:
-                    break
-                parent = current
-                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
-                current = current[key]
-            if parent is None:
-                continue
-            if isinstance(parent, dict) and rng.random() < 0.2:
-                del parent[key]
-            else:
-                parent[key] = rng.choice(junk)
+            damage(rng, ui, 6, junk)
         try:
             ui_to_api(ui, OBJECT_INFO)
         except WorkflowError as exc:
@@ -601,19 +606,7 @@ def test_damaged_group_node_files_get_a_workflow_error_never_a_crash():
         instances = [n for n in ui["nodes"] if n["type"].startswith("workflow")]
         targets = [*ui["extra"]["groupNodes"].values(), *instances]
         for _ in range(rng.randint(1, 3)):
-            parent, key, current = None, None, rng.choice(targets)
-            for _ in range(rng.randint(1, 5)):
-                if not isinstance(current, (dict, list)) or not current:
-                    break
-                parent = current
-                key = rng.choice(list(current)) if isinstance(current, dict) else rng.randrange(len(current))
-                current = current[key]
-            if parent is None:
-                continue
-            if isinstance(parent, dict) and rng.random() < 0.2:
-                del parent[key]
-            else:
-                parent[key] = rng.choice(junk)
+            damage(rng, rng.choice(targets), 5, junk)
         try:
             ui_to_api(ui, OBJECT_INFO)
         except WorkflowError as exc:

@@ -183,14 +183,7 @@ class Simulator:
         From another thread this returns once the server is back. On the simulator's own loop
         it returns after the "down" half; the server comes back on its own after ``downtime``.
         """
-        up = self._on_loop(lambda: self._go_down(downtime))
-        if not self._on_loop_thread():
-
-            async def back_up() -> None:
-                await up
-
-            assert self._loop is not None  # _on_loop raised if it were not running
-            asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
+        self._wait_back(self._on_loop(lambda: self._go_down(downtime)))
 
     def partition(self, downtime: float) -> None:
         """Cut the network for ``downtime`` s: connections refused and dropped, but unlike
@@ -198,13 +191,19 @@ class Simulator:
 
         Returns like :meth:`restart`: from another thread, once the server is reachable again.
         """
-        up = self._on_loop(lambda: self._go_down(downtime, forget=False))
-        if not self._on_loop_thread():
+        self._wait_back(self._on_loop(lambda: self._go_down(downtime, forget=False)))
 
-            async def back_up() -> None:
-                await up
+    def _wait_back(self, up: Any) -> None:
+        """From another thread, wait until the server is reachable again; stopping the simulator
+        meanwhile ends the wait too (nothing will come back)."""
+        if self._on_loop_thread():
+            return
 
-            assert self._loop is not None  # _on_loop raised if it were not running
+        async def back_up() -> None:
+            await up
+
+        assert self._loop is not None  # _on_loop raised if it were not running
+        with contextlib.suppress(concurrent.futures.CancelledError):
             asyncio.run_coroutine_threadsafe(back_up(), self._loop).result()
 
     def kill(self) -> None:
