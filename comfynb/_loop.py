@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -30,6 +31,7 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _inherited: list[asyncio.AbstractEventLoop] = []
 WAKE = 0.2  # seconds between two wake-ups of a caller's loop awaiting one of our futures
+_SLICE = 0.25  # the longest a blocked caller goes without looking for a Ctrl-C (see _block)
 _awake: dict[asyncio.AbstractEventLoop, list] = {}  # loop -> [waiters, its timer task]
 
 
@@ -94,7 +96,7 @@ def run_sync(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> An
         )
     fut = submit(coro)
     try:
-        done, _ = concurrent.futures.wait([fut], timeout=timeout)
+        done = _block(fut, timeout)
     except BaseException:
         fut.cancel()
         raise
@@ -176,12 +178,28 @@ def wait(cfut: concurrent.futures.Future, timeout: float | None, describe: Calla
     """Block until ``cfut`` is done or ``timeout`` passed (False then). On an interrupt (Ctrl-C, a
     kernel's interrupt), raise a KeyboardInterrupt that says ``describe()`` in one line."""
     try:
-        done, _ = concurrent.futures.wait([cfut], timeout=timeout)
+        return _block(cfut, timeout)
     except KeyboardInterrupt:
         if cfut.done():
             raise
         raise still_running(KeyboardInterrupt(describe()), describe()) from None
-    return bool(done)
+
+
+def _block(fut: concurrent.futures.Future, timeout: float | None) -> bool:
+    """Wait for ``fut`` (True) or ``timeout`` (False) in slices of at most ``_SLICE`` s.
+
+    A Ctrl-C that lands just as this thread goes to sleep on a lock is otherwise noticed only
+    when the lock is released: with no timeout, never, if the job never ends. Waking up in
+    slices lets the interpreter run the signal's handler.
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _SLICE if end is None else min(_SLICE, end - time.monotonic())
+        if left <= 0:
+            return fut.done()
+        done, _ = concurrent.futures.wait([fut], timeout=left)
+        if done:
+            return True
 
 
 async def run_async(coro: Coroutine[Any, Any, Any]) -> Any:

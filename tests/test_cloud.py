@@ -428,7 +428,7 @@ url, key, journal, workflow = sys.argv[1:5]
 session = cn.Session(cn.Cloud(url, max_jobs=3), api_key=key, journal=journal, progress=False)
 sweep = session.sweep(workflow, grid={"KSampler.seed": range(12)}, concurrency=6, tag="cloud-recovery")
 print(sweep.sweep_id, flush=True)
-while sum(job.status == "success" for job in sweep.jobs) < 4:
+while sum(job.status == "success" for job in sweep.jobs) < 3:  # the first wave: the next takes 1 s
     time.sleep(0.005)
 print("ready", flush=True)
 time.sleep(600)
@@ -441,7 +441,8 @@ def test_recovery_after_a_killed_kernel_finds_what_finished_on_the_cloud(start, 
     import comfynb.sim
     from comfynb.journal import TERMINAL, Journal
 
-    sim = start(cloud=True, api_key=KEY, max_parallel=3, node_times={"KSampler": 0.2})
+    # a second's work per prompt: the kill lands long before the second wave ends, however slow the machine
+    sim = start(cloud=True, api_key=KEY, max_parallel=3, node_times={"KSampler": 1.0})
     journal_path = tmp_path / "sweeps.sqlite"
     workflow = Path(comfynb.sim.__file__).parent / "workflows" / "default_txt2img.json"
     sweep_id = killed_mid_sweep(CLOUD_CHILD, sim.url, KEY, journal_path, workflow)
@@ -455,7 +456,7 @@ def test_recovery_after_a_killed_kernel_finds_what_finished_on_the_cloud(start, 
         before = set(sim.engine.history)
         frame = session.history_frame(sweep_id=sweep_id)
         after = set(sim.engine.history)
-        assert before <= set(frame.prompt_id) <= after and len(frame) >= 4
+        assert before <= set(frame.prompt_id) <= after and len(frame) >= 3
         assert (frame.status == "success").all() and set(frame.server) == {sim.url}
         assert list(frame["KSampler.seed"]) == list(frame["index"])
         ended = {s.prompt_id for s in Journal(journal_path).submissions(sweep_id) if s.state in TERMINAL}

@@ -132,6 +132,10 @@ COMMON = """
 import asyncio, os, signal, sys, threading, time
 from comfynb import _loop
 
+# Ctrl-C raises KeyboardInterrupt even where the parent ignores SIGINT (a job started in the
+# background by a non-interactive shell passes SIG_IGN on, and Python then keeps it)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 async def value(v):
     await asyncio.sleep(0.01)
     return v
