@@ -11,13 +11,15 @@ The window reaches back to the oldest prompt waiting: it holds as many entries a
 for since that prompt's first one (each of our prompts that ends asks once), plus a margin for
 other clients' prompts. An entry missing from a full window may be missing (written late: the
 caller reads again) or older than the window (many other prompts ended since): a prompt missing
-twice is read alone.
+twice is read alone. The other entries a window brings are passed on (``on_entry``): among them
+may be a prompt of ours whose final message was lost, ended and recorded but not asked about yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from .transport import Transport
@@ -30,8 +32,9 @@ _MAX_WINDOW = 128
 class HistoryReads:
     """One server's history reads; all calls on the session's loop."""
 
-    def __init__(self, transport: Transport):
+    def __init__(self, transport: Transport, on_entry: Callable[[str, Any], None] | None = None):
         self.transport = transport
+        self.on_entry = on_entry  # told of the other entries a window brought (prompt_id, entry)
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._reading = False
         self._missed: dict[str, int] = {}  # prompt_id -> times it was missing from a full window
@@ -96,6 +99,11 @@ class HistoryReads:
         size = min(self._asks - oldest + 1 + _MARGIN, _MAX_WINDOW)
         window = await self.transport.get_history_page(size)
         full = len(window) >= size
+        if self.on_entry is not None:
+            asked = set(prompt_ids)
+            for prompt_id, entry in window.items():
+                if prompt_id not in asked:
+                    self.on_entry(prompt_id, entry)
         for prompt_id in prompt_ids:
             if prompt_id not in window and full:
                 self._missed[prompt_id] = self._missed.get(prompt_id, 0) + 1

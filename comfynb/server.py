@@ -97,7 +97,8 @@ class Server:
 
     def __init__(self, transport: Transport, client_id: str, settings: Settings, listener: Listener):
         self.transport = transport
-        self.reads = HistoryReads(transport)  # history entries of finished prompts, read together when many are
+        # history entries of finished prompts, read together when many are
+        self.reads = HistoryReads(transport, on_entry=self._entry_seen)
         self.client_id = client_id
         self.settings = settings
         self.listener = listener
@@ -395,6 +396,20 @@ class Server:
         return await self.transport.get_history(prompt_id) is not None
 
     # -- ending a job ---------------------------------------------------------------------------
+
+    def _entry_seen(self, prompt_id: str, entry: Any) -> None:
+        """A window read brought the history entry of a prompt of ours nobody asked about yet (its
+        final message was lost, or is on its way): it ended, and its record is in hand. Settle it
+        now: a restart a moment later would make the server forget it ran, and it would be sent
+        again."""
+        state = self.tracker.jobs.get(prompt_id)
+        if state is None or state.done or state.posting or state.finalizing or not state.accepted:
+            return
+        prompt = entry.get("prompt") if isinstance(entry, dict) else None
+        if not isinstance(prompt, list) or not prompt or prompt[0] != state.number:
+            return  # not this run's (a prompt_id sent again), or a record we cannot place
+        if entry_problem(entry) is None and _complete(entry, state):
+            self._finish(state, entry)
 
     def holds(self, state: PromptState) -> bool:
         """Whether this server follows the job (not moved elsewhere since)."""

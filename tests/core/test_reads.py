@@ -103,3 +103,17 @@ async def test_a_prompt_missing_from_two_full_windows_is_read_alone_even_while_w
         finally:
             reads.close()
             await transport.close()
+
+
+def test_a_window_settles_a_prompt_of_ours_whose_every_message_was_lost(make_session):
+    # The first prompt's messages are all lost: no sign of its end reaches us until the queue is
+    # empty. A window read for two later prompts (their reads wait behind a held one) brings its
+    # entry, and it is settled from it then, long before the last prompt ends.
+    session = make_session(node_times={"KSampler": 0.2}, faults={"drop_next": [["*"]], "slow_next": {"/history": 0.6}})
+    jobs = [session.submit(txt2img(seed)) for seed in range(8)]
+    order = [job.prompt_id for job in as_completed(jobs, timeout=WAIT)]
+    (silent,) = session.simulator.faults.drop_for
+    assert order.index(silent) < len(order) - 2, order  # not found by the empty queue at the end
+    job = session.job(silent)
+    assert params_of(job.result())["seed"] == jobs.index(job)
+    assert _read_from_the_server(job)
