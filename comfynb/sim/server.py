@@ -28,6 +28,15 @@ from .files import annotated, same_content
 from .hub import SERVER_FEATURES, text_frame
 
 
+class _Telling(web.Response):
+    """A JSON answer that tells these prompts' outcomes: the ledger hears it once it is sent
+    (see ``fault_middleware``)."""
+
+    def __init__(self, data: Any, prompt_ids: list[str]):
+        super().__init__(text=json.dumps(data), content_type="application/json")
+        self.told = prompt_ids
+
+
 class Simulator(Protocol):
     """What the routes read from the simulator that serves them (comfynb.sim.simulator.Simulator;
     named here, not imported, so the two modules do not import each other)."""
@@ -159,6 +168,15 @@ class _Routes:
             await asyncio.sleep(faults.latency)
         if faults.lose_response(request.path) and request.transport is not None:
             request.transport.close()  # handled, but the client never hears back
+            return response
+        told = response.told if isinstance(response, _Telling) else None
+        if told and request.transport is not None and not request.transport.is_closing():
+            # the ledger hears that these outcomes were told once the answer has left: one cut
+            # off by an outage before it was written told nobody (closing still sends what was written)
+            await response.prepare(request)
+            await response.write_eof()
+            for prompt_id in told:
+                self.sim.ledger.told(prompt_id)
         return response
 
     def _alive(self, request: web.Request) -> None:
@@ -267,17 +285,14 @@ class _Routes:
         # an entry written late (the empty_history fault) is not there yet for any read
         late = self.sim.faults.hide_history if self.sim.faults.empty_history else None
         window = self.sim.engine.history_window(max_items, offset, late)
-        for prompt_id in window:
-            self.sim.ledger.told(prompt_id)
-        return web.json_response(window)
+        return _Telling(window, list(window))
 
     async def get_history_item(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
         entry = self.sim.engine.history.get(prompt_id)
         if entry is None or self.sim.faults.hide_history(prompt_id):
             return web.json_response({})
-        self.sim.ledger.told(prompt_id)
-        return web.json_response({prompt_id: entry})
+        return _Telling({prompt_id: entry}, [prompt_id])
 
     async def post_history(self, request: web.Request) -> web.Response:
         body, engine = await self._json(request)
@@ -302,9 +317,7 @@ class _Routes:
         job = jobs.get_job(request.match_info["job_id"], running, pending, engine.history)
         if job is None:
             return web.json_response({"error": "Job not found"}, status=404)
-        if job["status"] in ("completed", "failed"):
-            self.sim.ledger.told(job["id"])
-        return web.json_response(job)
+        return _Telling(job, [job["id"]] if job["status"] in ("completed", "failed") else [])
 
     # -- files ---------------------------------------------------------------------------------
 
